@@ -1,0 +1,70 @@
+//! Legacy PC devices for a VMM, on vm-device's bus traits.
+//!
+//! Devices here know nothing of KVM: they are driven through
+//! [`vm_device::MutDevicePio`] and report to the VMM through small traits
+//! ([`ExitRequest`]) and event file descriptors ([`EventFdTrigger`]), so they
+//! are tested with plain buffers.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use vm_device::bus::{PioAddress, PioRange};
+//! use vm_device::device_manager::{IoManager, PioManager};
+//! use vmm_devices::{serial::SerialPort, EventFdTrigger};
+//!
+//! let serial = SerialPort::new(EventFdTrigger::new().unwrap(), Vec::new());
+//! let serial = Arc::new(Mutex::new(serial));
+//! let mut bus = IoManager::new();
+//! bus.register_pio(PioRange::new(PioAddress(0x3f8), 8).unwrap(), serial.clone()).unwrap();
+//! bus.pio_write(PioAddress(0x3f8), b"A").unwrap();
+//! assert_eq!(serial.lock().unwrap().output(), b"A");
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod debug_exit;
+pub mod serial;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Errors of the devices crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Creating an event file descriptor failed.
+    #[error("cannot create an eventfd for a device interrupt: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a device calls when the guest asks the VMM to stop.
+pub trait ExitRequest: Send + Sync {
+    /// The guest wrote `value` to the debug-exit port.
+    fn debug_exit(&self, value: u32);
+}
+
+/// An interrupt line backed by an eventfd, ready to be wired to KVM with an
+/// irqfd. Implements vm-superio's [`vm_superio::Trigger`].
+#[derive(Debug)]
+pub struct EventFdTrigger(EventFd);
+
+impl EventFdTrigger {
+    /// Creates a non-blocking eventfd.
+    pub fn new() -> Result<Self> {
+        EventFd::new(EFD_NONBLOCK)
+            .map(EventFdTrigger)
+            .map_err(Error::EventFd)
+    }
+
+    /// The eventfd, to register as an irqfd.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.0
+    }
+}
+
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}

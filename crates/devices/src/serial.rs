@@ -1,0 +1,161 @@
+//! The 16550-compatible UART (8250 family) from vm-superio, on the PIO bus.
+
+use std::io::Write;
+
+use vm_device::MutDevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_superio::Serial;
+use vm_superio::serial::NoEvents;
+
+use crate::EventFdTrigger;
+
+/// I/O base of the first PC serial port (COM1, ttyS0).
+pub const COM1_PORT: u16 = 0x3f8;
+/// Number of registers (ports) of an 8250.
+pub const SERIAL_PORT_LEN: u16 = 8;
+/// The ISA interrupt line of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// A UART whose transmitted bytes go to `W`.
+pub struct SerialPort<W: Write> {
+    uart: Serial<EventFdTrigger, NoEvents, W>,
+}
+
+impl<W: Write> std::fmt::Debug for SerialPort<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialPort").finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> SerialPort<W> {
+    /// Creates a UART that raises `interrupt` and writes its output to `out`.
+    pub fn new(interrupt: EventFdTrigger, out: W) -> Self {
+        SerialPort {
+            uart: Serial::new(interrupt, out),
+        }
+    }
+
+    /// The interrupt line, to wire to the guest's interrupt controller.
+    pub fn interrupt(&self) -> &EventFdTrigger {
+        self.uart.interrupt_evt()
+    }
+
+    /// Queues bytes the guest will read; returns how many fit in the FIFO.
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity().min(input.len());
+        match self.uart.enqueue_raw_bytes(&input[..room]) {
+            Ok(queued) => queued,
+            Err(err) => {
+                log::warn!("serial: cannot queue input: {err:?}");
+                0
+            }
+        }
+    }
+
+    /// Free room in the receive FIFO.
+    pub fn input_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Flushes the output writer.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.uart.writer_mut().flush()
+    }
+
+    /// The output writer.
+    pub fn writer(&self) -> &W {
+        self.uart.writer()
+    }
+}
+
+impl SerialPort<Vec<u8>> {
+    /// Everything the guest transmitted so far.
+    pub fn output(&self) -> &[u8] {
+        self.uart.writer()
+    }
+}
+
+/// Register offset of the `index`-th byte of an access, if it is a register.
+fn register(offset: PioAddressOffset, index: usize) -> Option<u8> {
+    let register = usize::from(offset) + index;
+    (register < usize::from(SERIAL_PORT_LEN)).then_some(register as u8)
+}
+
+impl<W: Write> MutDevicePio for SerialPort<W> {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        // Wider accesses are split into byte accesses, as on the ISA bus.
+        for (index, byte) in data.iter_mut().enumerate() {
+            *byte = register(offset, index).map_or(0xff, |reg| self.uart.read(reg));
+        }
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        for (index, &byte) in data.iter().enumerate() {
+            let Some(reg) = register(offset, index) else {
+                break;
+            };
+            if let Err(err) = self.uart.write(reg, byte) {
+                log::warn!("serial: write to register {reg} failed: {err:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THR: u16 = 0;
+    const LCR: u16 = 3;
+    const LSR: u16 = 5;
+    const LSR_THRE: u8 = 0x20;
+
+    fn port() -> SerialPort<Vec<u8>> {
+        SerialPort::new(EventFdTrigger::new().unwrap(), Vec::new())
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_writer() {
+        let mut serial = port();
+        let base = PioAddress(COM1_PORT);
+        for &byte in b"hi\n" {
+            let mut lsr = [0u8];
+            serial.pio_read(base, LSR, &mut lsr);
+            assert_ne!(lsr[0] & LSR_THRE, 0, "transmitter should always be ready");
+            serial.pio_write(base, THR, &[byte]);
+        }
+        assert_eq!(serial.output(), b"hi\n");
+    }
+
+    #[test]
+    fn divisor_latch_writes_are_not_output() {
+        let mut serial = port();
+        let base = PioAddress(COM1_PORT);
+        serial.pio_write(base, LCR, &[0x80]); // DLAB on
+        serial.pio_write(base, THR, &[0x01]); // divisor low byte
+        serial.pio_write(base, LCR, &[0x03]); // 8N1, DLAB off
+        serial.pio_write(base, THR, b"x");
+        assert_eq!(serial.output(), b"x");
+    }
+
+    #[test]
+    fn input_is_read_from_the_receive_buffer() {
+        let mut serial = port();
+        assert_eq!(serial.enqueue_input(b"ok"), 2);
+        let mut byte = [0u8];
+        serial.pio_read(PioAddress(COM1_PORT), THR, &mut byte);
+        assert_eq!(byte[0], b'o');
+        serial.pio_read(PioAddress(COM1_PORT), THR, &mut byte);
+        assert_eq!(byte[0], b'k');
+    }
+
+    #[test]
+    fn wide_access_past_the_last_register_is_harmless() {
+        let mut serial = port();
+        let mut data = [0u8; 4];
+        serial.pio_read(PioAddress(COM1_PORT), 6, &mut data);
+        assert_eq!(&data[2..], &[0xff, 0xff]);
+        serial.pio_write(PioAddress(COM1_PORT), 7, &[1, 2, 3, 4]);
+        assert!(serial.output().is_empty());
+    }
+}

@@ -1,0 +1,75 @@
+//! Deciding, once, how a run ends, and telling every thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use crate::Outcome;
+
+/// The shared end-of-run state: the first outcome reported wins, every vCPU
+/// loop sees the stop flag, and the main thread waits for the outcome.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    outcome: Mutex<Option<Outcome>>,
+    finished: Condvar,
+}
+
+impl RunControl {
+    /// A run that has not ended.
+    pub fn new() -> Self {
+        RunControl::default()
+    }
+
+    /// Reports how the run ended. The first report wins; later ones are
+    /// logged and dropped. Returns whether this one was taken.
+    pub fn finish(&self, outcome: Outcome) -> bool {
+        let mut slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        self.stop.store(true, Ordering::SeqCst);
+        if slot.is_some() {
+            log::debug!("run already ended; ignoring: {outcome}");
+            return false;
+        }
+        *slot = Some(outcome);
+        self.finished.notify_all();
+        true
+    }
+
+    /// True once the run has ended; vCPU loops stop entering the guest.
+    pub fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until the run ends and returns how.
+    pub fn wait(&self) -> Outcome {
+        let mut slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = slot.as_ref() {
+                return outcome.clone();
+            }
+            slot = self
+                .finished
+                .wait(slot)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_outcome_wins_and_wakes_the_waiter() {
+        let control = Arc::new(RunControl::new());
+        assert!(!control.should_stop());
+        let waiter = {
+            let control = control.clone();
+            std::thread::spawn(move || control.wait())
+        };
+        assert!(control.finish(Outcome::DebugExit { value: 1 }));
+        assert!(!control.finish(Outcome::PowerOff { vcpu: 0 }));
+        assert!(control.should_stop());
+        assert_eq!(waiter.join().unwrap(), Outcome::DebugExit { value: 1 });
+    }
+}

@@ -1,0 +1,343 @@
+//! Routing KVM vCPU exits to device buses.
+//!
+//! [`Dispatcher::handle`] turns one `VcpuExit` into an action: port and MMIO
+//! accesses go to the device registered at that address on a vm-device
+//! [`IoManager`]; an access no device claims reads all-ones, is otherwise
+//! ignored, counted and logged at debug level; the exits that end a run
+//! become an [`Outcome`]. [`Dispatcher::run`] is the vCPU loop around it,
+//! stopping when a [`RunControl`] says so.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vm_device::device_manager::IoManager;
+//! use vmm_dispatch::{Dispatcher, RunControl};
+//! # fn vcpu() -> vmm_vcpu::Vcpu { unimplemented!() }
+//!
+//! let dispatcher = Dispatcher::new(Arc::new(IoManager::new()));
+//! let control = RunControl::new();
+//! let outcome = dispatcher.run(&mut vcpu(), &control);
+//! println!("{outcome}, exit status {}", outcome.exit_status());
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod control;
+mod outcome;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::VcpuExit;
+use vm_device::bus::{MmioAddress, PioAddress};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vmm_vcpu::Vcpu;
+
+pub use control::RunControl;
+pub use outcome::*;
+
+/// Counters of accesses no device claimed.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Port reads and writes to no device.
+    pub unclaimed_pio: AtomicU64,
+    /// MMIO reads and writes to no device.
+    pub unclaimed_mmio: AtomicU64,
+}
+
+/// What to do after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Enter the guest again.
+    Continue,
+    /// The run is over.
+    Finish(Outcome),
+    /// The guest halted; whether that ends the run depends on its registers.
+    Halt,
+    /// KVM reported an internal error; the details are in the vCPU's state.
+    InternalError,
+}
+
+/// Routes exits of any number of vCPUs to one set of buses.
+pub struct Dispatcher {
+    bus: Arc<IoManager>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `bus`.
+    pub fn new(bus: Arc<IoManager>) -> Self {
+        Dispatcher {
+            bus,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The unclaimed-access counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn unclaimed(&self, counter: &AtomicU64, kind: &str, write: bool, address: u64, len: usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let op = if write { "write to" } else { "read from" };
+        log::debug!("unclaimed {len}-byte {kind} {op} {address:#x}");
+    }
+
+    /// Handles one exit of vCPU `vcpu`.
+    pub fn handle(&self, vcpu: u8, exit: VcpuExit<'_>) -> Step {
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if self.bus.pio_read(PioAddress(port), data).is_err() {
+                    data.fill(0xff);
+                    self.unclaimed(
+                        &self.stats.unclaimed_pio,
+                        "port",
+                        false,
+                        port.into(),
+                        data.len(),
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::IoOut(port, data) => {
+                if self.bus.pio_write(PioAddress(port), data).is_err() {
+                    self.unclaimed(
+                        &self.stats.unclaimed_pio,
+                        "port",
+                        true,
+                        port.into(),
+                        data.len(),
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::MmioRead(address, data) => {
+                if self.bus.mmio_read(MmioAddress(address), data).is_err() {
+                    data.fill(0xff);
+                    self.unclaimed(
+                        &self.stats.unclaimed_mmio,
+                        "MMIO",
+                        false,
+                        address,
+                        data.len(),
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::MmioWrite(address, data) => {
+                if self.bus.mmio_write(MmioAddress(address), data).is_err() {
+                    self.unclaimed(
+                        &self.stats.unclaimed_mmio,
+                        "MMIO",
+                        true,
+                        address,
+                        data.len(),
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::Hlt => Step::Halt,
+            VcpuExit::Shutdown => Step::Finish(Outcome::Reset {
+                vcpu,
+                cause: ResetCause::TripleFault,
+            }),
+            VcpuExit::SystemEvent(kind, _) => Step::Finish(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::PowerOff { vcpu },
+                KVM_SYSTEM_EVENT_RESET => Outcome::Reset {
+                    vcpu,
+                    cause: ResetCause::SystemEvent,
+                },
+                KVM_SYSTEM_EVENT_CRASH => Outcome::GuestCrash { vcpu },
+                kind => Outcome::UnknownSystemEvent { vcpu, kind },
+            }),
+            VcpuExit::FailEntry(reason, _cpu) => Step::Finish(Outcome::FailEntry { vcpu, reason }),
+            VcpuExit::InternalError => Step::InternalError,
+            // Spurious: a signal or request arrived; the loop checks for a stop.
+            VcpuExit::Intr => Step::Continue,
+            other => Step::Finish(Outcome::Unhandled {
+                vcpu,
+                exit: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Runs `vcpu` until its run ends or `control` says to stop, and returns
+    /// how its run ended (also reported to `control`).
+    pub fn run(&self, vcpu: &mut Vcpu, control: &RunControl) -> Outcome {
+        let index = vcpu.index();
+        let outcome = loop {
+            if control.should_stop() {
+                break Outcome::Stopped {
+                    reason: format!("vCPU {index} stopped"),
+                    status: 0,
+                };
+            }
+            let step = match vcpu.run() {
+                Ok(exit) => self.handle(index, exit),
+                Err(err) if err.errno() == libc::EINTR => {
+                    vcpu.clear_kick();
+                    Step::Continue
+                }
+                Err(err) => Step::Finish(Outcome::RunFailed {
+                    vcpu: index,
+                    error: err.to_string(),
+                }),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Finish(outcome) => break outcome,
+                Step::Halt => {
+                    break Outcome::Halted {
+                        vcpu: index,
+                        interrupts_enabled: vcpu.interrupts_enabled(),
+                    };
+                }
+                Step::InternalError => {
+                    let (suberror, data) = vcpu.internal_error();
+                    let context = vcpu.fault_context().ok();
+                    break Outcome::InternalError {
+                        vcpu: index,
+                        suberror,
+                        data,
+                        context,
+                    };
+                }
+            }
+        };
+        if !matches!(outcome, Outcome::Stopped { .. }) {
+            control.finish(outcome.clone());
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vm_device::MutDevicePio;
+    use vm_device::bus::{MmioRange, PioAddressOffset, PioRange};
+
+    /// A fake device: remembers writes, answers reads with its offset.
+    #[derive(Default)]
+    struct Recorder(Vec<(u16, Vec<u8>)>);
+
+    impl MutDevicePio for Recorder {
+        fn pio_read(&mut self, _: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn pio_write(&mut self, _: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    fn dispatcher_with_device() -> (Dispatcher, Arc<Mutex<Recorder>>) {
+        let device = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = IoManager::new();
+        bus.register_pio(PioRange::new(PioAddress(0x100), 4).unwrap(), device.clone())
+            .unwrap();
+        (Dispatcher::new(Arc::new(bus)), device)
+    }
+
+    #[test]
+    fn port_accesses_reach_the_registered_device() {
+        let (dispatcher, device) = dispatcher_with_device();
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::IoOut(0x102, &[7])),
+            Step::Continue
+        );
+        let mut data = [0u8; 2];
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::IoIn(0x101, &mut data)),
+            Step::Continue
+        );
+        assert_eq!(data, [1, 1]);
+        assert_eq!(device.lock().unwrap().0, vec![(2, vec![7])]);
+        assert_eq!(dispatcher.stats().unclaimed_pio.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn unclaimed_reads_are_all_ones_and_counted() {
+        let (dispatcher, device) = dispatcher_with_device();
+        let mut data = [0u8; 4];
+        dispatcher.handle(0, VcpuExit::IoIn(0x200, &mut data));
+        assert_eq!(data, [0xff; 4]);
+        // Straddling the end of the device's range is not the device's.
+        let mut data = [0u8; 4];
+        dispatcher.handle(0, VcpuExit::IoIn(0x102, &mut data));
+        assert_eq!(data, [0xff; 4]);
+        dispatcher.handle(0, VcpuExit::IoOut(0x200, &[1]));
+        let mut data = [0u8; 8];
+        dispatcher.handle(0, VcpuExit::MmioRead(0xd000_0000, &mut data));
+        assert_eq!(data, [0xff; 8]);
+        dispatcher.handle(0, VcpuExit::MmioWrite(0xd000_0000, &[1, 2]));
+        assert_eq!(dispatcher.stats().unclaimed_pio.load(Ordering::Relaxed), 3);
+        assert_eq!(dispatcher.stats().unclaimed_mmio.load(Ordering::Relaxed), 2);
+        assert!(device.lock().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn mmio_reaches_a_registered_device() {
+        struct Mmio;
+        impl vm_device::MutDeviceMmio for Mmio {
+            fn mmio_read(&mut self, _: MmioAddress, offset: u64, data: &mut [u8]) {
+                data.fill(offset as u8 + 0x10);
+            }
+            fn mmio_write(&mut self, _: MmioAddress, _: u64, _: &[u8]) {}
+        }
+        let mut bus = IoManager::new();
+        bus.register_mmio(
+            MmioRange::new(MmioAddress(0xd000_0000), 0x1000).unwrap(),
+            Arc::new(Mutex::new(Mmio)),
+        )
+        .unwrap();
+        let dispatcher = Dispatcher::new(Arc::new(bus));
+        let mut data = [0u8; 4];
+        dispatcher.handle(0, VcpuExit::MmioRead(0xd000_0004, &mut data));
+        assert_eq!(data, [0x14; 4]);
+    }
+
+    #[test]
+    fn run_ending_exits_become_outcomes() {
+        let (dispatcher, _) = dispatcher_with_device();
+        assert_eq!(
+            dispatcher.handle(1, VcpuExit::Shutdown),
+            Step::Finish(Outcome::Reset {
+                vcpu: 1,
+                cause: ResetCause::TripleFault
+            })
+        );
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
+            Step::Finish(Outcome::PowerOff { vcpu: 0 })
+        );
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])),
+            Step::Finish(Outcome::GuestCrash { vcpu: 0 })
+        );
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::FailEntry(0x21, 0)),
+            Step::Finish(Outcome::FailEntry {
+                vcpu: 0,
+                reason: 0x21
+            })
+        );
+        assert_eq!(dispatcher.handle(0, VcpuExit::Hlt), Step::Halt);
+        assert_eq!(
+            dispatcher.handle(0, VcpuExit::InternalError),
+            Step::InternalError
+        );
+        assert!(matches!(
+            dispatcher.handle(0, VcpuExit::Unknown),
+            Step::Finish(Outcome::Unhandled { .. })
+        ));
+    }
+}

@@ -1,0 +1,46 @@
+//! Fixed guest-physical addresses of the x86-64 machine.
+//!
+//! Everything that places data at a fixed guest-physical address takes it from
+//! here, so that no two components pick overlapping spots. The low addresses
+//! follow the conventions of the Linux x86 boot protocol
+//! (Documentation/arch/x86/boot.rst) and of the other rust-vmm based VMMs.
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+
+/// The 64-bit GDT the VMM builds for long-mode entry.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Number of 8-byte entries in the boot GDT (null, code, data, TSS).
+pub const BOOT_GDT_ENTRIES: u64 = 4;
+/// An empty IDT loaded on long-mode entry: any exception then triple-faults.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// Initial stack pointer for 64-bit entry (grows down, below the page tables).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Level-4 page map of the identity page tables.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table of the identity page tables.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of the page directories (one per identity-mapped GiB).
+pub const PDE_START: u64 = 0xb000;
+/// GiBs identity-mapped with 2 MiB pages for 64-bit entry.
+pub const IDENTITY_MAPPED_GIB: u64 = 4;
+/// End of the area reserved for boot structures (exclusive). 64-bit images
+/// may not load below it, or the page tables would overwrite them.
+pub const BOOT_AREA_END: u64 = PDE_START + IDENTITY_MAPPED_GIB * 0x1000;
+
+/// Default load address of raw (flat binary) images, run in real mode.
+pub const RAW_IMAGE_DEFAULT_LOAD: u64 = 0x1000;
+/// The highest address real-mode code can reach with a segment base below 1 MiB.
+pub const REAL_MODE_LIMIT: u64 = MIB;
+
+/// Start of the hole below 4 GiB that is left unbacked for MMIO devices
+/// (where a PC has its PCI window, LAPIC and IOAPIC).
+pub const MMIO_HOLE_START: u64 = 3 * GIB;
+/// End of the MMIO hole (exclusive); RAM continues here.
+pub const MMIO_HOLE_END: u64 = 4 * GIB;
+/// Address of KVM's three-page TSS area (KVM_SET_TSS_ADDR), inside the hole.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// Address of KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR), inside the hole.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;

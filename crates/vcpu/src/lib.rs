@@ -1,0 +1,83 @@
+//! KVM virtual machine and vCPU set-up for x86-64 guests.
+//!
+//! - [`kvm::open`] opens `/dev/kvm` (or another path), checks the API version
+//!   and the capabilities this crate relies on, with errors a user can act on;
+//! - [`Vm`] creates the VM and registers guest RAM with it;
+//! - [`Vcpu`] creates a vCPU and puts it in 16-bit real mode or 64-bit long
+//!   mode (GDT, identity page tables over the first 4 GiB, CR0/CR4/EFER);
+//! - [`thread::spawn`] runs a vCPU on its own thread, and
+//!   [`thread::VcpuThread::kick`] forces it out of `KVM_RUN` from any other
+//!   thread (a signal that sets `immediate_exit`), so nothing ever waits on a
+//!   guest that does not exit by itself.
+//!
+//! ```no_run
+//! use vmm_memory::GuestRam;
+//! use vmm_vcpu::{kvm, Vm};
+//!
+//! let kvm = kvm::open(kvm::DEFAULT_DEVICE).unwrap();
+//! let vm = Vm::new(&kvm, GuestRam::new(128).unwrap()).unwrap();
+//! let mut vcpu = vm.create_vcpu(&kvm, 0).unwrap();
+//! vcpu.setup_real_mode(0x100, 0).unwrap();
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod cpuid;
+pub mod kvm;
+pub mod modes;
+pub mod thread;
+mod vcpu;
+mod vm;
+
+pub use vcpu::{FaultContext, Vcpu};
+pub use vm::Vm;
+
+/// Errors of VM and vCPU set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The KVM device could not be opened.
+    #[error("cannot open {path}: {source}{hint}")]
+    OpenKvm {
+        /// The device path.
+        path: String,
+        /// The OS error.
+        source: kvm_ioctls::Error,
+        /// A hint on how to fix it.
+        hint: &'static str,
+    },
+    /// The path is not a KVM device.
+    #[error("{0} is not a KVM device (KVM_GET_API_VERSION failed)")]
+    NotKvm(String),
+    /// The KVM API version is not the stable one.
+    #[error("KVM API version is {0}, but this VMM needs version 12")]
+    ApiVersion(i32),
+    /// A capability this VMM needs is missing.
+    #[error("KVM lacks the capability {0}, which this VMM needs")]
+    MissingCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Registering guest RAM failed.
+    #[error(transparent)]
+    Memory(#[from] vmm_memory::Error),
+    /// Writing boot structures into guest memory failed.
+    #[error("writing boot structures to guest memory failed: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// Installing the kick signal handler failed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    /// Spawning a vCPU thread failed.
+    #[error("cannot spawn the vCPU thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}

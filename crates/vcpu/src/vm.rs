@@ -1,0 +1,48 @@
+//! The KVM virtual machine and its RAM.
+
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_memory::{GuestRam, layout};
+
+use crate::{Result, Vcpu, kvm_error};
+
+/// A KVM VM that owns its guest RAM.
+///
+/// The fields drop in order: the VM file descriptor closes before the RAM is
+/// unmapped, so KVM never holds a slot over freed memory.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    ram: GuestRam,
+}
+
+impl Vm {
+    /// Creates a VM, places KVM's TSS and identity-map pages in the MMIO hole,
+    /// and registers `ram` as its memory.
+    pub fn new(kvm: &Kvm, ram: GuestRam) -> Result<Self> {
+        let fd = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_error("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_error("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        // SAFETY: `ram` is moved into the returned `Vm`, whose `fd` field is
+        // dropped (closing the VM) before `ram` is, so the mapping outlives
+        // every use KVM can make of it.
+        unsafe { ram.register(&fd) }?;
+        Ok(Vm { fd, ram })
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The guest's RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Creates vCPU `index` with the host's supported CPUID.
+    pub fn create_vcpu(&self, kvm: &Kvm, index: u8) -> Result<Vcpu> {
+        Vcpu::new(kvm, &self.fd, self.ram.memory().clone(), index)
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared helpers of the integration tests: building the test guests,
+//! running the `vmm` binary with a time limit, and skipping (loudly) where
+//! KVM is not usable.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("vmm/ has a parent")
+        .to_path_buf()
+}
+
+/// Scratch space for tests, inside the target directory.
+pub fn scratch_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A fresh scratch file path unique to this test process and `name`.
+pub fn scratch_file(name: &str) -> PathBuf {
+    scratch_dir().join(format!("{}-{name}", std::process::id()))
+}
+
+/// Builds the guests of resources/guests (once per process; `flock` keeps
+/// parallel test processes from building at the same time) and returns the
+/// directory that holds them.
+pub fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = scratch_dir().join("guests");
+        std::fs::create_dir_all(&out).expect("create the guest output directory");
+        let status = Command::new("flock")
+            .arg(out.join(".lock"))
+            .args(["make", "-s", "-C"])
+            .arg(repo_root().join("resources/guests"))
+            .arg(format!("OUT={}", out.display()))
+            .status()
+            .expect("run make (are flock and make installed?)");
+        assert!(status.success(), "building the test guests failed");
+        out
+    })
+}
+
+/// The path of a built guest, e.g. `guest("hello_real.bin")`.
+pub fn guest(name: &str) -> PathBuf {
+    guests_dir().join(name)
+}
+
+/// True when /dev/kvm can be opened for reading and writing. Otherwise says
+/// why on stderr, so that a skipped test is visible in the test output.
+pub fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(err) => {
+            eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({err})");
+            false
+        }
+    }
+}
+
+/// Returns early from a test (with a SKIPPED line) where KVM is unusable.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !$crate::common::kvm_usable(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// What a finished `vmm` run did.
+#[derive(Debug)]
+pub struct Run {
+    /// Process exit status (None if killed by a signal).
+    pub status: Option<i32>,
+    /// Everything the guest printed on the serial console (stdout).
+    pub stdout: String,
+    /// The VMM's own messages.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts nothing panicked and the VMM exited with `status`.
+    pub fn assert_status(&self, status: i32) -> &Self {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "the VMM panicked: {self:#?}"
+        );
+        assert_eq!(
+            self.status,
+            Some(status),
+            "unexpected exit status: {self:#?}"
+        );
+        self
+    }
+}
+
+/// Runs the `vmm` binary with `args`, killing it (and failing the test) if
+/// it has not finished within `limit`.
+pub fn run_vmm_with_limit(args: &[&str], limit: Duration) -> Run {
+    run_command(Command::new(env!("CARGO_BIN_EXE_vmm")).args(args), limit)
+}
+
+/// Runs the `vmm` binary with `args` and a 60 s limit.
+pub fn run_vmm(args: &[&str]) -> Run {
+    run_vmm_with_limit(args, Duration::from_secs(60))
+}
+
+/// Reads a child's pipe to the end on its own thread, so a chatty child
+/// never blocks on a full pipe while the test waits for it.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_end(&mut bytes).ok();
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs a prepared command with no stdin, killing it after `limit`.
+pub fn run_command(command: &mut Command, limit: Duration) -> Run {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the vmm binary");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the vmm process") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "vmm did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}

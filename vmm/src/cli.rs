@@ -1,0 +1,107 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// The VMM's standard output.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+fn parse_serial(value: &str) -> Result<SerialTarget, String> {
+    match value {
+        "stdout" => Ok(SerialTarget::Stdout),
+        "none" => Ok(SerialTarget::None),
+        _ => match value.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialTarget::File(path.into())),
+            _ => Err(format!("'{value}' is not one of stdout, file:PATH, none")),
+        },
+    }
+}
+
+/// Parses a number in decimal or, with a 0x prefix, hexadecimal.
+fn parse_number(value: &str) -> Result<u64, String> {
+    let parsed = match value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => value.replace('_', "").parse(),
+    };
+    parsed.map_err(|err| format!("'{value}' is not a number: {err}"))
+}
+
+/// Runs a guest image (raw real-mode binary or 64-bit ELF) under KVM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Guest image; its format is recognised from its content.
+    #[arg(long, value_name = "IMG")]
+    pub kernel: PathBuf,
+
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128, value_parser = parse_number)]
+    pub memory: u64,
+
+    /// Load address of a raw image [default: 0x1000].
+    #[arg(long, value_name = "ADDR", value_parser = parse_number)]
+    pub load_addr: Option<u64>,
+
+    /// Entry point, overriding the image's own (raw: the load address).
+    #[arg(long, value_name = "ADDR", value_parser = parse_number)]
+    pub entry: Option<u64>,
+
+    /// Serial console (COM1) output: stdout, file:PATH or none.
+    #[arg(long, value_name = "TARGET", default_value = "stdout", value_parser = parse_serial)]
+    pub serial: SerialTarget,
+
+    /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else warn].
+    #[arg(long, value_name = "LEVEL", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+    pub log_level: Option<String>,
+
+    /// KVM device to use.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    pub kvm_device: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_take_decimal_and_hex() {
+        assert_eq!(parse_number("4096"), Ok(4096));
+        assert_eq!(parse_number("0x1000"), Ok(4096));
+        assert_eq!(parse_number("0x10_0000"), Ok(0x10_0000));
+        assert!(parse_number("12k").is_err());
+        assert!(parse_number("-1").is_err());
+    }
+
+    #[test]
+    fn serial_targets() {
+        assert_eq!(parse_serial("stdout"), Ok(SerialTarget::Stdout));
+        assert_eq!(parse_serial("none"), Ok(SerialTarget::None));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialTarget::File("/tmp/x".into()))
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
+        assert_eq!(cli.memory, 128);
+        assert_eq!(cli.serial, SerialTarget::Stdout);
+        assert_eq!(cli.kvm_device, "/dev/kvm");
+        assert!(Cli::try_parse_from(["vmm"]).is_err());
+    }
+}
