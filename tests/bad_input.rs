@@ -14,18 +14,9 @@ use common::{Run, guest, run_command, run_vmm, scratch_file};
 fn assert_vmm_error(run: &Run, problem: &str) {
     run.assert_status(2);
     let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one error line, got: {}",
-        run.stderr
-    );
+    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
     assert!(lines[0].starts_with("vmm: error: "), "{}", run.stderr);
-    assert!(
-        lines[0].contains(problem),
-        "expected {problem:?} in: {}",
-        run.stderr
-    );
+    assert!(lines[0].contains(problem), "expected {problem:?} in: {}", run.stderr);
     assert_eq!(run.stdout, "");
 }
 
@@ -38,10 +29,7 @@ fn write_scratch(name: &str, bytes: &[u8]) -> std::path::PathBuf {
 #[test]
 fn missing_image() {
     let run = run_vmm(&["--kernel", "/nonexistent/guest.bin"]);
-    assert_vmm_error(
-        &run,
-        "cannot open image /nonexistent/guest.bin: No such file or directory",
-    );
+    assert_vmm_error(&run, "cannot open image /nonexistent/guest.bin: No such file or directory");
 }
 
 #[test]
@@ -91,12 +79,7 @@ fn non_x86_64_elf() {
 
 #[test]
 fn zero_memory() {
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_real.bin").to_str().unwrap(),
-        "--memory",
-        "0",
-    ]);
+    let run = run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--memory", "0"]);
     assert_vmm_error(&run, "guest memory size must be at least 1 MiB");
 }
 
@@ -114,19 +97,9 @@ fn memory_too_large_to_map() {
 
 #[test]
 fn memory_that_is_not_a_number() {
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_real.bin").to_str().unwrap(),
-        "--memory",
-        "lots",
-    ]);
+    let run = run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--memory", "lots"]);
     run.assert_status(2);
-    assert!(
-        run.stderr
-            .contains("invalid value 'lots' for '--memory <MIB>'"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("invalid value 'lots' for '--memory <MIB>'"), "{}", run.stderr);
 }
 
 #[test]
@@ -158,26 +131,14 @@ fn load_address_real_mode_cannot_reach() {
 
 #[test]
 fn entry_outside_ram() {
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_long.elf").to_str().unwrap(),
-        "--entry",
-        "0x40000000",
-    ]);
-    assert_vmm_error(
-        &run,
-        "entry point 0x40000000 is unusable: it is outside guest RAM",
-    );
+    let run =
+        run_vmm(&["--kernel", guest("hello_long.elf").to_str().unwrap(), "--entry", "0x40000000"]);
+    assert_vmm_error(&run, "entry point 0x40000000 is unusable: it is outside guest RAM");
 }
 
 #[test]
 fn elf_segment_outside_ram() {
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_long.elf").to_str().unwrap(),
-        "--memory",
-        "1",
-    ]);
+    let run = run_vmm(&["--kernel", guest("hello_long.elf").to_str().unwrap(), "--memory", "1"]);
     assert_vmm_error(&run, "ELF segment 0");
 }
 
@@ -189,10 +150,7 @@ fn missing_kvm_device() {
         "--kvm-device",
         "/nonexistent/kvm",
     ]);
-    assert_vmm_error(
-        &run,
-        "cannot open /nonexistent/kvm: No such file or directory",
-    );
+    assert_vmm_error(&run, "cannot open /nonexistent/kvm: No such file or directory");
     assert!(run.stderr.contains("KVM is not available"));
 }
 
@@ -218,10 +176,7 @@ fn run_vmm_as_nobody(args: &[&str]) -> Option<Run> {
     }
     let binary = env!("CARGO_BIN_EXE_vmm");
     let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(binary)
-        .args(args);
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(binary).args(args);
     Some(run_command(&mut command, Duration::from_secs(30)))
 }
 
@@ -252,11 +207,7 @@ fn unreadable_image() {
 #[test]
 fn kvm_not_permitted() {
     let meta = std::fs::metadata("/dev/kvm");
-    if meta
-        .as_ref()
-        .map(|m| m.permissions().mode() & 0o006 == 0o006)
-        .unwrap_or(true)
-    {
+    if meta.as_ref().map(|m| m.permissions().mode() & 0o006 == 0o006).unwrap_or(true) {
         eprintln!("SKIPPED kvm_not_permitted: /dev/kvm is missing or open to everyone here");
         return;
     }
@@ -265,9 +216,5 @@ fn kvm_not_permitted() {
         return;
     };
     assert_vmm_error(&run, "cannot open /dev/kvm: Permission denied");
-    assert!(
-        run.stderr.contains("add the user to the group"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("add the user to the group"), "{}", run.stderr);
 }

@@ -25,17 +25,12 @@ fn long_mode_elf_guest_prints_and_exits_through_debug_port_with_11() {
 #[test]
 fn triple_fault_is_reported_as_a_reset_with_status_0() {
     require_kvm!();
-    let run = run_vmm(&[
-        "--kernel",
-        guest("triple_fault.elf").to_str().unwrap(),
-        "--log-level",
-        "info",
-    ]);
+    let run =
+        run_vmm(&["--kernel", guest("triple_fault.elf").to_str().unwrap(), "--log-level", "info"]);
     run.assert_status(0);
     assert_eq!(run.stdout, "about to triple fault\n");
     assert!(
-        run.stderr
-            .contains("guest reset by a triple fault (KVM_EXIT_SHUTDOWN)"),
+        run.stderr.contains("guest reset by a triple fault (KVM_EXIT_SHUTDOWN)"),
         "{}",
         run.stderr
     );
@@ -44,12 +39,8 @@ fn triple_fault_is_reported_as_a_reset_with_status_0() {
 #[test]
 fn unclaimed_ports_and_mmio_read_all_ones_and_are_logged() {
     require_kvm!();
-    let run = run_vmm(&[
-        "--kernel",
-        guest("unclaimed.elf").to_str().unwrap(),
-        "--log-level",
-        "debug",
-    ]);
+    let run =
+        run_vmm(&["--kernel", guest("unclaimed.elf").to_str().unwrap(), "--log-level", "debug"]);
     run.assert_status(0);
     assert_eq!(
         run.stdout,
@@ -65,11 +56,7 @@ fn unclaimed_ports_and_mmio_read_all_ones_and_are_logged() {
         "unclaimed 4-byte MMIO write to 0x20000000",
         "unclaimed accesses: 6 port, 10 MMIO",
     ] {
-        assert!(
-            run.stderr.contains(line),
-            "missing {line:?} in:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(line), "missing {line:?} in:\n{}", run.stderr);
     }
 }
 
@@ -80,11 +67,8 @@ fn fetching_code_from_mmio_is_an_internal_error_with_status_4() {
     run.assert_status(4);
     assert_eq!(run.stdout, "jumping into the MMIO hole\n");
     assert!(
-        run.stderr
-            .contains("KVM internal error on vCPU 0: suberror 1 (emulation failure")
-            && run
-                .stderr
-                .contains("RIP 0xd0000000, CS 0x0008, RIP is not in guest RAM"),
+        run.stderr.contains("KVM internal error on vCPU 0: suberror 1 (emulation failure")
+            && run.stderr.contains("RIP 0xd0000000, CS 0x0008, RIP is not in guest RAM"),
         "{}",
         run.stderr
     );
@@ -114,18 +98,11 @@ fn serial_output_can_go_to_a_file() {
     require_kvm!();
     let log = scratch_file("serial.log");
     let target = format!("file:{}", log.display());
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_real.bin").to_str().unwrap(),
-        "--serial",
-        &target,
-    ]);
+    let run =
+        run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--serial", &target]);
     run.assert_status(0);
     assert_eq!(run.stdout, "");
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "Hello from real mode\n"
-    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "Hello from real mode\n");
     std::fs::remove_file(log).unwrap();
 }
 
@@ -134,12 +111,8 @@ fn raw_image_runs_where_it_is_loaded() {
     require_kvm!();
     // The image addresses its message relative to CS, so it only prints
     // correctly if CS.base equals the load address.
-    let run = run_vmm(&[
-        "--kernel",
-        guest("hello_real.bin").to_str().unwrap(),
-        "--load-addr",
-        "0x7c00",
-    ]);
+    let run =
+        run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--load-addr", "0x7c00"]);
     run.assert_status(0);
     assert_eq!(run.stdout, "Hello from real mode\n");
 }

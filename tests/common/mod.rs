@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("vmm/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("vmm/ has a parent").to_path_buf()
 }
 
 /// Scratch space for tests, inside the target directory.
@@ -54,11 +51,7 @@ pub fn guest(name: &str) -> PathBuf {
 /// True when /dev/kvm can be opened for reading and writing. Otherwise says
 /// why on stderr, so that a skipped test is visible in the test output.
 pub fn kvm_usable(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(err) => {
             eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({err})");
@@ -91,15 +84,8 @@ pub struct Run {
 impl Run {
     /// Asserts nothing panicked and the VMM exited with `status`.
     pub fn assert_status(&self, status: i32) -> &Self {
-        assert!(
-            !self.stderr.contains("panicked"),
-            "the VMM panicked: {self:#?}"
-        );
-        assert_eq!(
-            self.status,
-            Some(status),
-            "unexpected exit status: {self:#?}"
-        );
+        assert!(!self.stderr.contains("panicked"), "the VMM panicked: {self:#?}");
+        assert_eq!(self.status, Some(status), "unexpected exit status: {self:#?}");
         self
     }
 }

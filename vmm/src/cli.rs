@@ -28,17 +28,29 @@ fn parse_serial(value: &str) -> Result<SerialTarget, String> {
 
 /// Parses a number in decimal or, with a 0x prefix, hexadecimal.
 fn parse_number(value: &str) -> Result<u64, String> {
-    let parsed = match value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"))
-    {
+    let parsed = match value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
         None => value.replace('_', "").parse(),
     };
     parsed.map_err(|err| format!("'{value}' is not a number: {err}"))
 }
 
-/// Runs a guest image (raw real-mode binary or 64-bit ELF) under KVM.
+/// How to boot the image, as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Boot {
+    /// From the image: PVH if the ELF has the note, the Linux 64-bit
+    /// protocol for a bzImage or a vmlinux without it, else bare.
+    Auto,
+    /// No boot protocol (raw images in real mode, ELF in long mode).
+    Bare,
+    /// PVH (ELF vmlinux with a XEN_ELFNOTE_PHYS32_ENTRY note).
+    Pvh,
+    /// The Linux 64-bit boot protocol (bzImage, or a vmlinux ELF).
+    Linux64,
+}
+
+/// Runs a guest image (raw real-mode binary, 64-bit ELF, or a Linux
+/// vmlinux or bzImage) under KVM.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
@@ -57,6 +69,32 @@ pub struct Cli {
     /// Entry point, overriding the image's own (raw: the load address).
     #[arg(long, value_name = "ADDR", value_parser = parse_number)]
     pub entry: Option<u64>,
+
+    /// Boot protocol.
+    #[arg(long, value_enum, default_value_t = Boot::Auto)]
+    pub boot: Boot,
+
+    /// Kernel command line (Linux boots) [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Option<String>,
+
+    /// Initial RAM disk (Linux boots).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+
+    /// Number of vCPUs (more than one needs the in-kernel irqchip).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+
+    /// Use KVM's in-kernel interrupt controllers and PIT for a bare image
+    /// too (Linux boots always have them).
+    #[arg(long)]
+    pub irqchip: bool,
+
+    /// Offer the guest KVM's PV IPI and PV sched-yield features, hidden by
+    /// default because their hypercall hangs SMP guests on some nested hosts.
+    #[arg(long)]
+    pub kvm_pv_ipi: bool,
 
     /// Serial console (COM1) output: stdout, file:PATH or none.
     #[arg(long, value_name = "TARGET", default_value = "stdout", value_parser = parse_serial)]
@@ -88,10 +126,7 @@ mod tests {
     fn serial_targets() {
         assert_eq!(parse_serial("stdout"), Ok(SerialTarget::Stdout));
         assert_eq!(parse_serial("none"), Ok(SerialTarget::None));
-        assert_eq!(
-            parse_serial("file:/tmp/x"),
-            Ok(SerialTarget::File("/tmp/x".into()))
-        );
+        assert_eq!(parse_serial("file:/tmp/x"), Ok(SerialTarget::File("/tmp/x".into())));
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
     }
@@ -102,6 +137,14 @@ mod tests {
         assert_eq!(cli.memory, 128);
         assert_eq!(cli.serial, SerialTarget::Stdout);
         assert_eq!(cli.kvm_device, "/dev/kvm");
+        assert_eq!((cli.cpus, cli.boot, cli.irqchip), (1, Boot::Auto, false));
         assert!(Cli::try_parse_from(["vmm"]).is_err());
+    }
+
+    #[test]
+    fn cpu_count_is_bounded() {
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "255"]).is_err());
+        assert_eq!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "2"]).unwrap().cpus, 2);
     }
 }

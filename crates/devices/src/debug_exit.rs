@@ -39,10 +39,7 @@ impl<R: ExitRequest> MutDevicePio for DebugExit<R> {
         // A write of any width at the first port carries the value; bytes
         // written elsewhere in the range are ignored, as in QEMU.
         if offset != 0 || data.is_empty() || data.len() > 4 {
-            log::debug!(
-                "debug-exit: ignored {}-byte write at offset {offset}",
-                data.len()
-            );
+            log::debug!("debug-exit: ignored {}-byte write at offset {offset}", data.len());
             return;
         }
         let mut value = [0u8; 4];
@@ -63,6 +60,7 @@ mod tests {
         fn debug_exit(&self, value: u32) {
             self.0.lock().unwrap().push(value);
         }
+        fn reset(&self) {}
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod console;
 pub mod debug_exit;
+pub mod i8042;
 pub mod serial;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -40,6 +42,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub trait ExitRequest: Send + Sync {
     /// The guest wrote `value` to the debug-exit port.
     fn debug_exit(&self, value: u32);
+    /// The guest reset the machine through a device (e.g. the i8042).
+    fn reset(&self);
 }
 
 /// An interrupt line backed by an eventfd, ready to be wired to KVM with an
@@ -50,9 +54,7 @@ pub struct EventFdTrigger(EventFd);
 impl EventFdTrigger {
     /// Creates a non-blocking eventfd.
     pub fn new() -> Result<Self> {
-        EventFd::new(EFD_NONBLOCK)
-            .map(EventFdTrigger)
-            .map_err(Error::EventFd)
+        EventFd::new(EFD_NONBLOCK).map(EventFdTrigger).map_err(Error::EventFd)
     }
 
     /// The eventfd, to register as an irqfd.

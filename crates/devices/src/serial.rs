@@ -30,9 +30,7 @@ impl<W: Write> std::fmt::Debug for SerialPort<W> {
 impl<W: Write> SerialPort<W> {
     /// Creates a UART that raises `interrupt` and writes its output to `out`.
     pub fn new(interrupt: EventFdTrigger, out: W) -> Self {
-        SerialPort {
-            uart: Serial::new(interrupt, out),
-        }
+        SerialPort { uart: Serial::new(interrupt, out) }
     }
 
     /// The interrupt line, to wire to the guest's interrupt controller.

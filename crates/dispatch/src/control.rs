@@ -1,7 +1,7 @@
 //! Deciding, once, how a run ends, and telling every thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::Outcome;
 
@@ -46,18 +46,64 @@ impl RunControl {
             if let Some(outcome) = slot.as_ref() {
                 return outcome.clone();
             }
-            slot = self
-                .finished
-                .wait(slot)
-                .unwrap_or_else(PoisonError::into_inner);
+            slot = self.finished.wait(slot).unwrap_or_else(PoisonError::into_inner);
         }
     }
+}
+
+/// Exit status for a run stopped by signal `signal`: 128 + its number, as
+/// shells report it.
+pub fn signal_exit_status(signal: libc::c_int) -> u8 {
+    u8::try_from(128 + signal).unwrap_or(u8::MAX)
+}
+
+/// Ends the run (`Outcome::Stopped`, status 128 + signal number) when the
+/// process receives one of `signals`.
+///
+/// The signals are blocked in the calling thread, and so in every thread it
+/// spawns afterwards: call this before spawning any. A dedicated thread
+/// waits for them with `sigwait`, so no work happens in a signal handler.
+pub fn stop_on_signals(control: Arc<RunControl>, signals: &[libc::c_int]) -> std::io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &signal in signals {
+        // SAFETY: `set` is initialised; an invalid number only returns EINVAL.
+        if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: `set` is initialised and the old mask is not requested.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if blocked != 0 {
+        return Err(std::io::Error::from_raw_os_error(blocked));
+    }
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` holds signals blocked in this thread; `signal` is writable.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            let name = match signal {
+                libc::SIGINT => "SIGINT",
+                libc::SIGTERM => "SIGTERM",
+                libc::SIGHUP => "SIGHUP",
+                _ => "a signal",
+            };
+            control.finish(Outcome::Stopped {
+                reason: format!("received {name}"),
+                status: signal_exit_status(signal),
+            });
+        }
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn first_outcome_wins_and_wakes_the_waiter() {
@@ -71,5 +117,16 @@ mod tests {
         assert!(!control.finish(Outcome::PowerOff { vcpu: 0 }));
         assert!(control.should_stop());
         assert_eq!(waiter.join().unwrap(), Outcome::DebugExit { value: 1 });
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    #[test]
+    fn signal_statuses_follow_the_shell_convention() {
+        assert_eq!(signal_exit_status(libc::SIGINT), 130);
+        assert_eq!(signal_exit_status(libc::SIGTERM), 143);
     }
 }

@@ -32,7 +32,7 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_vcpu::Vcpu;
 
-pub use control::RunControl;
+pub use control::{RunControl, signal_exit_status, stop_on_signals};
 pub use outcome::*;
 
 /// Counters of accesses no device claimed.
@@ -65,19 +65,14 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher")
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
+        f.debug_struct("Dispatcher").field("stats", &self.stats).finish_non_exhaustive()
     }
 }
 
 impl Dispatcher {
     /// A dispatcher over `bus`.
     pub fn new(bus: Arc<IoManager>) -> Self {
-        Dispatcher {
-            bus,
-            stats: Stats::default(),
-        }
+        Dispatcher { bus, stats: Stats::default() }
     }
 
     /// The unclaimed-access counters.
@@ -122,39 +117,23 @@ impl Dispatcher {
             VcpuExit::MmioRead(address, data) => {
                 if self.bus.mmio_read(MmioAddress(address), data).is_err() {
                     data.fill(0xff);
-                    self.unclaimed(
-                        &self.stats.unclaimed_mmio,
-                        "MMIO",
-                        false,
-                        address,
-                        data.len(),
-                    );
+                    self.unclaimed(&self.stats.unclaimed_mmio, "MMIO", false, address, data.len());
                 }
                 Step::Continue
             }
             VcpuExit::MmioWrite(address, data) => {
                 if self.bus.mmio_write(MmioAddress(address), data).is_err() {
-                    self.unclaimed(
-                        &self.stats.unclaimed_mmio,
-                        "MMIO",
-                        true,
-                        address,
-                        data.len(),
-                    );
+                    self.unclaimed(&self.stats.unclaimed_mmio, "MMIO", true, address, data.len());
                 }
                 Step::Continue
             }
             VcpuExit::Hlt => Step::Halt,
-            VcpuExit::Shutdown => Step::Finish(Outcome::Reset {
-                vcpu,
-                cause: ResetCause::TripleFault,
-            }),
+            VcpuExit::Shutdown => {
+                Step::Finish(Outcome::Reset { vcpu, cause: ResetCause::TripleFault })
+            }
             VcpuExit::SystemEvent(kind, _) => Step::Finish(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::PowerOff { vcpu },
-                KVM_SYSTEM_EVENT_RESET => Outcome::Reset {
-                    vcpu,
-                    cause: ResetCause::SystemEvent,
-                },
+                KVM_SYSTEM_EVENT_RESET => Outcome::Reset { vcpu, cause: ResetCause::SystemEvent },
                 KVM_SYSTEM_EVENT_CRASH => Outcome::GuestCrash { vcpu },
                 kind => Outcome::UnknownSystemEvent { vcpu, kind },
             }),
@@ -162,10 +141,7 @@ impl Dispatcher {
             VcpuExit::InternalError => Step::InternalError,
             // Spurious: a signal or request arrived; the loop checks for a stop.
             VcpuExit::Intr => Step::Continue,
-            other => Step::Finish(Outcome::Unhandled {
-                vcpu,
-                exit: format!("{other:?}"),
-            }),
+            other => Step::Finish(Outcome::Unhandled { vcpu, exit: format!("{other:?}") }),
         }
     }
 
@@ -175,10 +151,7 @@ impl Dispatcher {
         let index = vcpu.index();
         let outcome = loop {
             if control.should_stop() {
-                break Outcome::Stopped {
-                    reason: format!("vCPU {index} stopped"),
-                    status: 0,
-                };
+                break Outcome::Stopped { reason: format!("vCPU {index} stopped"), status: 0 };
             }
             let step = match vcpu.run() {
                 Ok(exit) => self.handle(index, exit),
@@ -186,10 +159,11 @@ impl Dispatcher {
                     vcpu.clear_kick();
                     Step::Continue
                 }
-                Err(err) => Step::Finish(Outcome::RunFailed {
-                    vcpu: index,
-                    error: err.to_string(),
-                }),
+                // A secondary CPU woken from its wait for INIT/SIPI: enter again.
+                Err(err) if err.errno() == libc::EAGAIN => Step::Continue,
+                Err(err) => {
+                    Step::Finish(Outcome::RunFailed { vcpu: index, error: err.to_string() })
+                }
             };
             match step {
                 Step::Continue => {}
@@ -203,12 +177,7 @@ impl Dispatcher {
                 Step::InternalError => {
                     let (suberror, data) = vcpu.internal_error();
                     let context = vcpu.fault_context().ok();
-                    break Outcome::InternalError {
-                        vcpu: index,
-                        suberror,
-                        data,
-                        context,
-                    };
+                    break Outcome::InternalError { vcpu: index, suberror, data, context };
                 }
             }
         };
@@ -242,23 +211,16 @@ mod tests {
     fn dispatcher_with_device() -> (Dispatcher, Arc<Mutex<Recorder>>) {
         let device = Arc::new(Mutex::new(Recorder::default()));
         let mut bus = IoManager::new();
-        bus.register_pio(PioRange::new(PioAddress(0x100), 4).unwrap(), device.clone())
-            .unwrap();
+        bus.register_pio(PioRange::new(PioAddress(0x100), 4).unwrap(), device.clone()).unwrap();
         (Dispatcher::new(Arc::new(bus)), device)
     }
 
     #[test]
     fn port_accesses_reach_the_registered_device() {
         let (dispatcher, device) = dispatcher_with_device();
-        assert_eq!(
-            dispatcher.handle(0, VcpuExit::IoOut(0x102, &[7])),
-            Step::Continue
-        );
+        assert_eq!(dispatcher.handle(0, VcpuExit::IoOut(0x102, &[7])), Step::Continue);
         let mut data = [0u8; 2];
-        assert_eq!(
-            dispatcher.handle(0, VcpuExit::IoIn(0x101, &mut data)),
-            Step::Continue
-        );
+        assert_eq!(dispatcher.handle(0, VcpuExit::IoIn(0x101, &mut data)), Step::Continue);
         assert_eq!(data, [1, 1]);
         assert_eq!(device.lock().unwrap().0, vec![(2, vec![7])]);
         assert_eq!(dispatcher.stats().unclaimed_pio.load(Ordering::Relaxed), 0);
@@ -310,10 +272,7 @@ mod tests {
         let (dispatcher, _) = dispatcher_with_device();
         assert_eq!(
             dispatcher.handle(1, VcpuExit::Shutdown),
-            Step::Finish(Outcome::Reset {
-                vcpu: 1,
-                cause: ResetCause::TripleFault
-            })
+            Step::Finish(Outcome::Reset { vcpu: 1, cause: ResetCause::TripleFault })
         );
         assert_eq!(
             dispatcher.handle(0, VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
@@ -325,16 +284,10 @@ mod tests {
         );
         assert_eq!(
             dispatcher.handle(0, VcpuExit::FailEntry(0x21, 0)),
-            Step::Finish(Outcome::FailEntry {
-                vcpu: 0,
-                reason: 0x21
-            })
+            Step::Finish(Outcome::FailEntry { vcpu: 0, reason: 0x21 })
         );
         assert_eq!(dispatcher.handle(0, VcpuExit::Hlt), Step::Halt);
-        assert_eq!(
-            dispatcher.handle(0, VcpuExit::InternalError),
-            Step::InternalError
-        );
+        assert_eq!(dispatcher.handle(0, VcpuExit::InternalError), Step::InternalError);
         assert!(matches!(
             dispatcher.handle(0, VcpuExit::Unknown),
             Step::Finish(Outcome::Unhandled { .. })

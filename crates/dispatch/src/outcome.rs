@@ -134,55 +134,30 @@ impl Outcome {
 }
 
 fn hex_bytes(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Halted {
-                vcpu,
-                interrupts_enabled: false,
-            } => {
+            Outcome::Halted { vcpu, interrupts_enabled: false } => {
                 write!(f, "vCPU {vcpu} halted with interrupts disabled")
             }
-            Outcome::Halted {
-                vcpu,
-                interrupts_enabled: true,
-            } => write!(
+            Outcome::Halted { vcpu, interrupts_enabled: true } => write!(
                 f,
                 "vCPU {vcpu} halted with interrupts enabled but no interrupt source; stopping"
             ),
-            Outcome::Reset {
-                vcpu,
-                cause: ResetCause::TripleFault,
-            } => {
-                write!(
-                    f,
-                    "guest reset by a triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}"
-                )
+            Outcome::Reset { vcpu, cause: ResetCause::TripleFault } => {
+                write!(f, "guest reset by a triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")
             }
-            Outcome::Reset {
-                vcpu,
-                cause: ResetCause::SystemEvent,
-            } => {
+            Outcome::Reset { vcpu, cause: ResetCause::SystemEvent } => {
                 write!(f, "guest reset (KVM_SYSTEM_EVENT_RESET) on vCPU {vcpu}")
             }
-            Outcome::Reset {
-                vcpu,
-                cause: ResetCause::Device,
-            } => {
+            Outcome::Reset { vcpu, cause: ResetCause::Device } => {
                 write!(f, "guest reset through a device on vCPU {vcpu}")
             }
             Outcome::PowerOff { vcpu } => {
-                write!(
-                    f,
-                    "guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN) on vCPU {vcpu}"
-                )
+                write!(f, "guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN) on vCPU {vcpu}")
             }
             Outcome::GuestCrash { vcpu } => {
                 write!(f, "guest crashed (KVM_SYSTEM_EVENT_CRASH) on vCPU {vcpu}")
@@ -195,22 +170,14 @@ impl fmt::Display for Outcome {
                 "guest wrote {value:#x} to the debug-exit port (exit status {})",
                 self.exit_status()
             ),
-            Outcome::InternalError {
-                vcpu,
-                suberror,
-                data,
-                context,
-            } => {
+            Outcome::InternalError { vcpu, suberror, data, context } => {
                 let kind = match suberror {
                     1 => " (emulation failure: KVM cannot emulate the instruction)",
                     2 => " (simultaneous exception)",
                     3 => " (delivery event)",
                     _ => "",
                 };
-                write!(
-                    f,
-                    "KVM internal error on vCPU {vcpu}: suberror {suberror}{kind}"
-                )?;
+                write!(f, "KVM internal error on vCPU {vcpu}: suberror {suberror}{kind}")?;
                 match context {
                     Some(ctx) => {
                         write!(f, ", RIP {:#x}, CS {:#06x}", ctx.rip, ctx.cs)?;
@@ -252,22 +219,8 @@ mod tests {
 
     #[test]
     fn clean_endings_exit_zero() {
-        assert_eq!(
-            Outcome::Halted {
-                vcpu: 0,
-                interrupts_enabled: false
-            }
-            .exit_status(),
-            0
-        );
-        assert_eq!(
-            Outcome::Reset {
-                vcpu: 0,
-                cause: ResetCause::TripleFault
-            }
-            .exit_status(),
-            0
-        );
+        assert_eq!(Outcome::Halted { vcpu: 0, interrupts_enabled: false }.exit_status(), 0);
+        assert_eq!(Outcome::Reset { vcpu: 0, cause: ResetCause::TripleFault }.exit_status(), 0);
         assert_eq!(Outcome::PowerOff { vcpu: 1 }.exit_status(), 0);
     }
 
@@ -276,25 +229,11 @@ mod tests {
         assert_eq!(Outcome::DebugExit { value: 5 }.exit_status(), 11);
         assert_eq!(Outcome::DebugExit { value: 0 }.exit_status(), 1);
         let faults = [
-            Outcome::InternalError {
-                vcpu: 0,
-                suberror: 1,
-                data: vec![],
-                context: None,
-            },
-            Outcome::FailEntry {
-                vcpu: 0,
-                reason: 0x21,
-            },
+            Outcome::InternalError { vcpu: 0, suberror: 1, data: vec![], context: None },
+            Outcome::FailEntry { vcpu: 0, reason: 0x21 },
             Outcome::GuestCrash { vcpu: 0 },
-            Outcome::Unhandled {
-                vcpu: 0,
-                exit: "Debug".into(),
-            },
-            Outcome::RunFailed {
-                vcpu: 0,
-                error: "EFAULT".into(),
-            },
+            Outcome::Unhandled { vcpu: 0, exit: "Debug".into() },
+            Outcome::RunFailed { vcpu: 0, error: "EFAULT".into() },
         ];
         let statuses: Vec<u8> = faults.iter().map(Outcome::exit_status).collect();
         assert_eq!(statuses, vec![4, 6, 8, 10, 2]);

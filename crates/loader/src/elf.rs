@@ -7,10 +7,11 @@
 
 use std::io::Cursor;
 
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::{EntryPoint, Error, GuestRam, ImageFormat, LoadOptions, LoadedImage, Result, layout};
+use crate::{Error, GuestRam, LoadOptions, Result, layout};
 
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
@@ -75,9 +76,7 @@ pub(crate) fn parse_header(image: &[u8]) -> Result<Header> {
     }
     let machine = u16_at(image, 18);
     if machine != EM_X86_64 {
-        return Err(invalid(format!(
-            "machine {machine} is not x86-64 (EM_X86_64 = 62)"
-        )));
+        return Err(invalid(format!("machine {machine} is not x86-64 (EM_X86_64 = 62)")));
     }
     let phentsize = u16_at(image, 54);
     let phnum = u16_at(image, 56);
@@ -85,14 +84,11 @@ pub(crate) fn parse_header(image: &[u8]) -> Result<Header> {
         return Err(invalid("no program headers"));
     }
     if usize::from(phentsize) != PHDR_SIZE {
-        return Err(invalid(format!(
-            "program header size {phentsize} is not {PHDR_SIZE}"
-        )));
+        return Err(invalid(format!("program header size {phentsize} is not {PHDR_SIZE}")));
     }
     let phoff = u64_at(image, 32);
-    let table_end = u64::from(phnum)
-        .checked_mul(PHDR_SIZE as u64)
-        .and_then(|len| len.checked_add(phoff));
+    let table_end =
+        u64::from(phnum).checked_mul(PHDR_SIZE as u64).and_then(|len| len.checked_add(phoff));
     if table_end.is_none_or(|end| end > image.len() as u64) {
         return Err(invalid(format!(
             "truncated: the program header table ({phnum} entries at offset {phoff:#x}) \
@@ -100,11 +96,7 @@ pub(crate) fn parse_header(image: &[u8]) -> Result<Header> {
             image.len()
         )));
     }
-    Ok(Header {
-        entry: u64_at(image, 24),
-        phoff,
-        phnum,
-    })
+    Ok(Header { entry: u64_at(image, 24), phoff, phnum })
 }
 
 /// Reads and checks the PT_LOAD segments: inside the file, inside RAM, above
@@ -140,11 +132,7 @@ pub(crate) fn loadable_segments(
                 segment.filesz
             )));
         }
-        if segment
-            .offset
-            .checked_add(segment.filesz)
-            .is_none_or(|end| end > image.len() as u64)
-        {
+        if segment.offset.checked_add(segment.filesz).is_none_or(|end| end > image.len() as u64) {
             return Err(bad(format!(
                 "reads {:#x} bytes at file offset {:#x}, past the end of the file ({} bytes)",
                 segment.filesz,
@@ -156,10 +144,7 @@ pub(crate) fn loadable_segments(
             continue;
         }
         if !ram.contains_range(segment.paddr, segment.memsz) {
-            return Err(bad(format!(
-                "does not fit in guest RAM ({} bytes)",
-                ram.size_bytes()
-            )));
+            return Err(bad(format!("does not fit in guest RAM ({} bytes)", ram.size_bytes())));
         }
         if segment.paddr < layout::BOOT_AREA_END {
             return Err(bad(format!(
@@ -180,25 +165,72 @@ pub(crate) fn loadable_segments(
     Ok(segments)
 }
 
-pub(crate) fn load(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<LoadedImage> {
+/// An ELF image loaded into guest memory.
+#[derive(Debug)]
+pub(crate) struct ElfImage {
+    /// The entry point (the image's or the override).
+    pub entry: u64,
+    /// The PVH 32-bit entry point, if the image has a XEN_ELFNOTE_PHYS32_ENTRY note.
+    pub pvh_entry: Option<u64>,
+    /// Whether the image carries a note named "Linux" (every vmlinux does).
+    pub linux_note: bool,
+    /// Loaded ranges, as (start, length).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl ElfImage {
+    /// The end (exclusive) of the highest loaded segment.
+    pub fn end(&self) -> u64 {
+        self.ranges.iter().map(|(start, len)| start + len).max().unwrap_or(0)
+    }
+}
+
+/// Whether any PT_NOTE segment holds a note named `wanted`.
+fn has_note_named(image: &[u8], header: &Header, wanted: &[u8]) -> bool {
+    const PT_NOTE: u32 = 4;
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    (0..usize::from(header.phnum)).any(|index| {
+        let at = header.phoff as usize + index * PHDR_SIZE;
+        if u32_at(image, at) != PT_NOTE {
+            return false;
+        }
+        let (Ok(offset), Ok(size)) =
+            (usize::try_from(u64_at(image, at + 8)), usize::try_from(u64_at(image, at + 32)))
+        else {
+            return false;
+        };
+        let Some(notes) = offset.checked_add(size).and_then(|end| image.get(offset..end)) else {
+            return false;
+        };
+        let mut pos = 0;
+        while pos + 12 <= notes.len() {
+            let namesz = u32_at(notes, pos) as usize;
+            let descsz = u32_at(notes, pos + 4) as usize;
+            let name = notes.get(pos + 12..pos + 12 + namesz);
+            if name.is_some_and(|name| name.strip_suffix(b"\0").unwrap_or(name) == wanted) {
+                return true;
+            }
+            pos += 12 + align4(namesz) + align4(descsz);
+        }
+        false
+    })
+}
+
+pub(crate) fn load(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<ElfImage> {
     let header = parse_header(image)?;
     let segments = loadable_segments(ram, image, &header)?;
-    let rip = options.entry.unwrap_or(header.entry);
-    if !ram.contains_range(rip, 1) {
-        return Err(Error::BadEntry {
-            entry: rip,
-            reason: "it is outside guest RAM",
-        });
+    let entry = options.entry.unwrap_or(header.entry);
+    if !ram.contains_range(entry, 1) {
+        return Err(Error::BadEntry { entry, reason: "it is outside guest RAM" });
     }
-    Elf::load(ram.memory(), None, &mut Cursor::new(image), None)?;
+    let result = Elf::load(ram.memory(), None, &mut Cursor::new(image), None)?;
     for segment in &segments {
         // linux-loader copies p_filesz bytes; the rest of p_memsz is BSS.
         let bss_len = usize::try_from(segment.memsz - segment.filesz)
             .map_err(|_| invalid("BSS larger than the host address space"))?;
         if bss_len > 0 {
             let zeroes = vec![0u8; bss_len];
-            ram.memory()
-                .write_slice(&zeroes, GuestAddress(segment.paddr + segment.filesz))?;
+            ram.memory().write_slice(&zeroes, GuestAddress(segment.paddr + segment.filesz))?;
         }
         log::debug!(
             "ELF segment {}: {:#x} bytes at {:#x} ({:#x} from file)",
@@ -208,13 +240,14 @@ pub(crate) fn load(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Resul
             segment.filesz
         );
     }
-    log::info!(
-        "ELF64 image: {} segment(s), long mode entry {rip:#x}",
-        segments.len()
-    );
-    Ok(LoadedImage {
-        format: ImageFormat::Elf,
-        entry: EntryPoint::LongMode { rip },
+    let pvh_entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(address) => Some(address.0),
+        _ => None,
+    };
+    Ok(ElfImage {
+        entry,
+        pvh_entry,
+        linux_note: has_note_named(image, &header, b"Linux"),
         ranges: segments.iter().map(|s| (s.paddr, s.memsz)).collect(),
     })
 }
@@ -259,17 +292,16 @@ pub(crate) mod tests {
     #[test]
     fn loads_segment_zeroes_bss_and_enters_long_mode() {
         let ram = GuestRam::new(2).unwrap();
-        ram.memory()
-            .write_slice(&[0xaa; 16], GuestAddress(0x10_0002))
-            .unwrap();
+        ram.memory().write_slice(&[0xaa; 16], GuestAddress(0x10_0002)).unwrap();
         let image = tiny_elf(0x10_0000, &[0xf4, 0xeb], 16);
         let loaded = load(&ram, &image, &LoadOptions::default()).unwrap();
-        assert_eq!(loaded.entry, EntryPoint::LongMode { rip: 0x10_0000 });
+        assert_eq!(loaded.entry, 0x10_0000);
         assert_eq!(loaded.ranges, vec![(0x10_0000, 18)]);
+        assert_eq!(loaded.end(), 0x10_0012);
+        assert_eq!(loaded.pvh_entry, None);
+        assert!(!loaded.linux_note);
         let mut got = [0u8; 18];
-        ram.memory()
-            .read_slice(&mut got, GuestAddress(0x10_0000))
-            .unwrap();
+        ram.memory().read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
         assert_eq!(&got[..2], &[0xf4, 0xeb]);
         assert!(got[2..].iter().all(|&b| b == 0), "BSS not zeroed: {got:x?}");
     }
@@ -278,14 +310,8 @@ pub(crate) mod tests {
     fn entry_override_must_be_in_ram() {
         let ram = GuestRam::new(2).unwrap();
         let image = tiny_elf(0x10_0000, &[0xf4], 0);
-        let options = LoadOptions {
-            load_addr: None,
-            entry: Some(0x10_0000_0000),
-        };
-        assert!(matches!(
-            load(&ram, &image, &options),
-            Err(Error::BadEntry { .. })
-        ));
+        let options = LoadOptions { entry: Some(0x10_0000_0000), ..Default::default() };
+        assert!(matches!(load(&ram, &image, &options), Err(Error::BadEntry { .. })));
     }
 
     #[test]
@@ -321,10 +347,7 @@ pub(crate) mod tests {
         let ram = GuestRam::new(2).unwrap();
         let image = tiny_elf(0x40_0000, &[0xf4], 0);
         let err = load(&ram, &image, &LoadOptions::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("does not fit in guest RAM"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("does not fit in guest RAM"), "{err}");
     }
 
     #[test]
@@ -346,10 +369,7 @@ pub(crate) mod tests {
         set_u64(&mut image, EHDR_SIZE + 32, 0x1000);
         set_u64(&mut image, EHDR_SIZE + 40, 0x1000);
         let err = load(&ram, &image, &LoadOptions::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("past the end of the file"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("past the end of the file"), "{err}");
     }
 
     #[test]

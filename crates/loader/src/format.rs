@@ -43,10 +43,7 @@ mod tests {
 
     #[test]
     fn elf_magic_is_elf() {
-        assert_eq!(
-            ImageFormat::detect(b"\x7fELF\x02\x01\x01"),
-            ImageFormat::Elf
-        );
+        assert_eq!(ImageFormat::detect(b"\x7fELF\x02\x01\x01"), ImageFormat::Elf);
     }
 
     #[test]
@@ -63,9 +60,6 @@ mod tests {
         // The magic must be at the start, not anywhere.
         assert_eq!(ImageFormat::detect(b"x\x7fELF"), ImageFormat::Raw);
         // A file named like an ELF but holding code is still raw: content decides.
-        assert_eq!(
-            ImageFormat::detect(&[0xb0, 0x41, 0xe6, 0xe9]),
-            ImageFormat::Raw
-        );
+        assert_eq!(ImageFormat::detect(&[0xb0, 0x41, 0xe6, 0xe9]), ImageFormat::Raw);
     }
 }

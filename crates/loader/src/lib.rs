@@ -6,8 +6,17 @@
 //!   [`layout::RAW_IMAGE_DEFAULT_LOAD`]) and started in 16-bit real mode with
 //!   CS = load address >> 4, IP = entry - load address;
 //! - **ELF64** x86-64 images are validated here, loaded by linux-loader's ELF
-//!   loader at their physical addresses (BSS zeroed), and started in 64-bit
-//!   long mode at their entry point.
+//!   loader at their physical addresses (BSS zeroed), and started:
+//!   - through **PVH** (32-bit protected mode, EBX = `hvm_start_info`) when
+//!     they carry a XEN_ELFNOTE_PHYS32_ENTRY note,
+//!   - through the **64-bit Linux boot protocol** (long mode, RSI = zero
+//!     page) when they are a vmlinux without that note (a "Linux" ELF note),
+//!   - otherwise **bare**, in 64-bit long mode at their entry point;
+//! - **bzImage** kernels are loaded by linux-loader and started at their
+//!   64-bit entry with a zero page built from their setup header.
+//!
+//! Linux boots take a command line and an initrd; [`mptable`] describes the
+//! CPUs to a guest without ACPI.
 //!
 //! ```no_run
 //! use vmm_loader::{load_image, EntryPoint, LoadOptions};
@@ -17,18 +26,22 @@
 //! let image = load_image(&ram, "guest.bin".as_ref(), &LoadOptions::default()).unwrap();
 //! match image.entry {
 //!     EntryPoint::RealMode { segment, ip } => println!("start at {segment:#x}:{ip:#x}"),
-//!     EntryPoint::LongMode { rip } => println!("start at {rip:#x}"),
+//!     EntryPoint::ProtectedMode { eip, .. } => println!("start at {eip:#x} (32-bit)"),
+//!     EntryPoint::LongMode { rip, .. } => println!("start at {rip:#x} (64-bit)"),
 //! }
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod elf;
 mod format;
+mod linux;
+pub mod mptable;
 mod raw;
 
 use std::path::{Path, PathBuf};
 
 pub use format::ImageFormat;
+pub use linux::{DEFAULT_CMDLINE, VMLINUX_CMDLINE_MAX};
 use vmm_memory::{GuestRam, layout};
 
 /// Errors from reading, validating or loading an image.
@@ -76,9 +89,6 @@ pub enum Error {
         /// The image format.
         format: &'static str,
     },
-    /// The format is recognised but not supported by this build.
-    #[error("{0} images are not supported yet")]
-    Unsupported(&'static str),
     /// A raw image's load address cannot be used.
     #[error("load address {addr:#x} is unusable: {reason}")]
     BadLoadAddress {
@@ -120,6 +130,58 @@ pub enum Error {
         /// Why it cannot be loaded.
         reason: String,
     },
+    /// The bzImage cannot be booted.
+    #[error("invalid bzImage: {0}")]
+    InvalidBzImage(String),
+    /// The kernel needs more RAM than the guest has.
+    #[error(
+        "the kernel needs guest RAM up to {needed:#x}, but low RAM ends at {ram:#x}; give more --memory"
+    )]
+    KernelDoesNotFit {
+        /// End of the RAM the kernel needs.
+        needed: u64,
+        /// End of low RAM.
+        ram: u64,
+    },
+    /// The command line is too long for the kernel.
+    #[error("the command line is {len} bytes long, but the kernel accepts at most {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit.
+        max: usize,
+    },
+    /// The command line is malformed.
+    #[error("invalid kernel command line: {0}")]
+    InvalidCmdline(String),
+    /// The initrd does not fit between the kernel and the top of RAM.
+    #[error(
+        "initrd {path} ({size} bytes) does not fit in guest RAM between {from:#x} and {to:#x}; give more --memory"
+    )]
+    InitrdDoesNotFit {
+        /// The initrd path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Lowest usable address (end of the kernel).
+        from: u64,
+        /// Highest usable address.
+        to: u64,
+    },
+    /// The requested boot protocol does not suit the image.
+    #[error("cannot boot this image through {protocol}: {reason}")]
+    WrongProtocol {
+        /// The protocol asked for.
+        protocol: &'static str,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// Writing boot parameters failed.
+    #[error("writing the boot parameters failed: {0}")]
+    BootParams(String),
+    /// The MP table cannot be built.
+    #[error("cannot build the MP table: {0}")]
+    MpTable(String),
     /// linux-loader failed.
     #[error("loading the kernel failed: {0}")]
     Kernel(#[from] linux_loader::loader::Error),
@@ -131,13 +193,51 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Overrides for where an image goes and where it starts.
+/// How to start an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// Chosen from the image (only as a request).
+    #[default]
+    Auto,
+    /// No boot protocol: real mode for raw images, long mode for ELF.
+    Bare,
+    /// PVH: 32-bit protected mode with `hvm_start_info` (Linux).
+    Pvh,
+    /// The Linux 64-bit boot protocol with a zero page.
+    Linux64,
+}
+
+impl BootProtocol {
+    /// A short human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootProtocol::Auto => "auto",
+            BootProtocol::Bare => "bare",
+            BootProtocol::Pvh => "PVH",
+            BootProtocol::Linux64 => "the Linux 64-bit boot protocol",
+        }
+    }
+
+    /// True for the protocols that boot Linux (and want a full PC machine).
+    pub fn is_linux(self) -> bool {
+        matches!(self, BootProtocol::Pvh | BootProtocol::Linux64)
+    }
+}
+
+/// Overrides for where an image goes, how it starts, and what a Linux
+/// kernel gets.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Load address of a raw image (default [`layout::RAW_IMAGE_DEFAULT_LOAD`]).
     pub load_addr: Option<u64>,
     /// Guest-physical entry point, overriding the image's own.
     pub entry: Option<u64>,
+    /// The boot protocol; [`BootProtocol::Auto`] chooses from the image.
+    pub boot: BootProtocol,
+    /// Kernel command line (Linux boots; default [`DEFAULT_CMDLINE`]).
+    pub cmdline: Option<String>,
+    /// Initial RAM disk (Linux boots).
+    pub initrd: Option<PathBuf>,
 }
 
 /// How the first vCPU starts executing the image.
@@ -150,10 +250,21 @@ pub enum EntryPoint {
         /// Instruction pointer.
         ip: u16,
     },
-    /// 64-bit long mode (identity-mapped paging) at `rip`.
+    /// 32-bit protected mode, paging off, flat segments, at `eip` with
+    /// `ebx` set (PVH: the `hvm_start_info` address).
+    ProtectedMode {
+        /// Entry address.
+        eip: u32,
+        /// Value for EBX.
+        ebx: u32,
+    },
+    /// 64-bit long mode (identity-mapped paging) at `rip`, with `rsi` set
+    /// (Linux 64-bit protocol: the zero page; bare: 0).
     LongMode {
         /// Entry address.
         rip: u64,
+        /// Value for RSI.
+        rsi: u64,
     },
 }
 
@@ -162,6 +273,8 @@ pub enum EntryPoint {
 pub struct LoadedImage {
     /// The recognised format.
     pub format: ImageFormat,
+    /// The protocol it boots through (never `Auto`).
+    pub protocol: BootProtocol,
     /// How to start it.
     pub entry: EntryPoint,
     /// Guest-physical ranges written, as (start, length).
@@ -178,28 +291,106 @@ pub fn load_image(ram: &GuestRam, path: &Path, options: &LoadOptions) -> Result<
 pub fn load_bytes(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<LoadedImage> {
     let format = ImageFormat::detect(image);
     log::info!("image format: {}, {} bytes", format.name(), image.len());
-    match format {
-        ImageFormat::Raw => raw::load(ram, image, options),
-        ImageFormat::Elf => {
-            if options.load_addr.is_some() {
-                return Err(Error::OptionNotForFormat {
-                    option: "--load-addr",
-                    format: "ELF",
-                });
-            }
-            elf::load(ram, image, options)
-        }
-        ImageFormat::BzImage => Err(Error::Unsupported("bzImage")),
+    if format != ImageFormat::Raw && options.load_addr.is_some() {
+        return Err(Error::OptionNotForFormat { option: "--load-addr", format: format.name() });
     }
+    let loaded = match format {
+        ImageFormat::Raw => {
+            match options.boot {
+                BootProtocol::Auto | BootProtocol::Bare => {}
+                other => {
+                    return Err(Error::WrongProtocol {
+                        protocol: other.name(),
+                        reason: "raw images run in real mode",
+                    });
+                }
+            }
+            refuse_linux_options(options, "raw")?;
+            raw::load(ram, image, options)?
+        }
+        ImageFormat::Elf => load_elf(ram, image, options)?,
+        ImageFormat::BzImage => load_bzimage(ram, image, options)?,
+    };
+    log::info!("boot protocol: {}", loaded.protocol.name());
+    Ok(loaded)
+}
+
+fn refuse_linux_options(options: &LoadOptions, format: &'static str) -> Result<()> {
+    if options.cmdline.is_some() {
+        return Err(Error::OptionNotForFormat { option: "--cmdline", format });
+    }
+    if options.initrd.is_some() {
+        return Err(Error::OptionNotForFormat { option: "--initrd", format });
+    }
+    Ok(())
+}
+
+fn load_bzimage(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<LoadedImage> {
+    match options.boot {
+        BootProtocol::Auto | BootProtocol::Linux64 => {}
+        other => {
+            return Err(Error::WrongProtocol {
+                protocol: other.name(),
+                reason: "a bzImage boots through the Linux 64-bit boot protocol",
+            });
+        }
+    }
+    if options.entry.is_some() {
+        return Err(Error::OptionNotForFormat { option: "--entry", format: "bzImage" });
+    }
+    let cmdline = options.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    let kernel = linux::load_bzimage(ram, image, cmdline, options.initrd.as_deref())?;
+    Ok(LoadedImage {
+        format: ImageFormat::BzImage,
+        protocol: BootProtocol::Linux64,
+        entry: EntryPoint::LongMode { rip: kernel.entry, rsi: layout::ZERO_PAGE_START },
+        ranges: kernel.ranges,
+    })
+}
+
+fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<LoadedImage> {
+    let mut elf = elf::load(ram, image, options)?;
+    let protocol = match options.boot {
+        BootProtocol::Auto if elf.pvh_entry.is_some() => BootProtocol::Pvh,
+        BootProtocol::Auto if elf.linux_note => BootProtocol::Linux64,
+        BootProtocol::Auto => BootProtocol::Bare,
+        BootProtocol::Pvh if elf.pvh_entry.is_none() => {
+            return Err(Error::WrongProtocol {
+                protocol: "PVH",
+                reason: "the ELF image has no XEN_ELFNOTE_PHYS32_ENTRY note",
+            });
+        }
+        requested => requested,
+    };
+    let cmdline = options.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    let initrd = options.initrd.as_deref();
+    let entry = match protocol {
+        BootProtocol::Pvh => {
+            let eip = options.entry.or(elf.pvh_entry).unwrap_or(elf.entry);
+            let eip = u32::try_from(eip).map_err(|_| Error::BadEntry {
+                entry: eip,
+                reason: "a PVH entry must lie below 4 GiB",
+            })?;
+            elf.ranges.extend(linux::setup_pvh(ram, elf.end(), cmdline, initrd)?);
+            EntryPoint::ProtectedMode { eip, ebx: layout::PVH_INFO_START as u32 }
+        }
+        BootProtocol::Linux64 => {
+            elf.ranges.extend(linux::setup_vmlinux(ram, elf.end(), cmdline, initrd)?);
+            EntryPoint::LongMode { rip: elf.entry, rsi: layout::ZERO_PAGE_START }
+        }
+        _ => {
+            refuse_linux_options(options, "bare ELF")?;
+            EntryPoint::LongMode { rip: elf.entry, rsi: 0 }
+        }
+    };
+    Ok(LoadedImage { format: ImageFormat::Elf, protocol, entry, ranges: elf.ranges })
 }
 
 /// Reads a whole image file, refusing empty files and files larger than RAM
 /// before reading them.
 fn read_image(path: &Path, ram_size: u64) -> Result<Vec<u8>> {
-    let metadata = std::fs::metadata(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let metadata =
+        std::fs::metadata(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
     if !metadata.is_file() {
         return Err(Error::NotAFile(path.to_owned()));
     }
@@ -213,10 +404,8 @@ fn read_image(path: &Path, ram_size: u64) -> Result<Vec<u8>> {
             ram: ram_size,
         });
     }
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
     if bytes.is_empty() {
         return Err(Error::Empty(path.to_owned()));
     }
@@ -230,22 +419,15 @@ mod tests {
 
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
         let path = std::env::temp_dir().join(format!("vmm-loader-{}-{name}", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(contents)
-            .unwrap();
+        std::fs::File::create(&path).unwrap().write_all(contents).unwrap();
         path
     }
 
     #[test]
     fn missing_image_is_an_open_error() {
         let ram = GuestRam::new(1).unwrap();
-        let err = load_image(
-            &ram,
-            Path::new("/nonexistent/image"),
-            &LoadOptions::default(),
-        )
-        .unwrap_err();
+        let err =
+            load_image(&ram, Path::new("/nonexistent/image"), &LoadOptions::default()).unwrap_err();
         assert!(matches!(err, Error::Open { .. }));
         assert!(err.to_string().contains("/nonexistent/image"));
     }
@@ -278,11 +460,62 @@ mod tests {
     #[test]
     fn load_addr_is_refused_for_elf() {
         let ram = GuestRam::new(1).unwrap();
-        let options = LoadOptions {
-            load_addr: Some(0x1000),
-            entry: None,
-        };
+        let options = LoadOptions { load_addr: Some(0x1000), ..Default::default() };
         let err = load_bytes(&ram, b"\x7fELF\x02\x01\x01", &options).unwrap_err();
         assert!(matches!(err, Error::OptionNotForFormat { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::*;
+
+    #[test]
+    fn bare_elf_boots_in_long_mode_without_a_zero_page() {
+        let ram = GuestRam::new(2).unwrap();
+        let image = elf::tests::tiny_elf(0x10_0000, &[0xf4], 0);
+        let loaded = load_bytes(&ram, &image, &LoadOptions::default()).unwrap();
+        assert_eq!(loaded.protocol, BootProtocol::Bare);
+        assert_eq!(loaded.entry, EntryPoint::LongMode { rip: 0x10_0000, rsi: 0 });
+    }
+
+    #[test]
+    fn linux_options_are_refused_for_bare_images() {
+        let ram = GuestRam::new(2).unwrap();
+        let image = elf::tests::tiny_elf(0x10_0000, &[0xf4], 0);
+        let options = LoadOptions { cmdline: Some("quiet".into()), ..Default::default() };
+        let err = load_bytes(&ram, &image, &options).unwrap_err();
+        assert_eq!(err.to_string(), "--cmdline does not apply to bare ELF images");
+        let err = load_bytes(&ram, &[0xf4], &options).unwrap_err();
+        assert_eq!(err.to_string(), "--cmdline does not apply to raw images");
+    }
+
+    #[test]
+    fn pvh_is_refused_without_the_note() {
+        let ram = GuestRam::new(2).unwrap();
+        let image = elf::tests::tiny_elf(0x10_0000, &[0xf4], 0);
+        let options = LoadOptions { boot: BootProtocol::Pvh, ..Default::default() };
+        let err = load_bytes(&ram, &image, &options).unwrap_err();
+        assert!(err.to_string().contains("no XEN_ELFNOTE_PHYS32_ENTRY"), "{err}");
+    }
+
+    #[test]
+    fn elf_forced_through_linux64_gets_a_zero_page() {
+        let ram = GuestRam::new(4).unwrap();
+        let image = elf::tests::tiny_elf(0x10_0000, &[0xf4], 0);
+        let options = LoadOptions { boot: BootProtocol::Linux64, ..Default::default() };
+        let loaded = load_bytes(&ram, &image, &options).unwrap();
+        assert_eq!(
+            loaded.entry,
+            EntryPoint::LongMode { rip: 0x10_0000, rsi: layout::ZERO_PAGE_START }
+        );
+        let mut cmdline = vec![0u8; DEFAULT_CMDLINE.len()];
+        vm_memory::Bytes::read_slice(
+            ram.memory(),
+            &mut cmdline,
+            vm_memory::GuestAddress(layout::CMDLINE_START),
+        )
+        .unwrap();
+        assert_eq!(cmdline, DEFAULT_CMDLINE.as_bytes());
     }
 }

@@ -12,10 +12,18 @@ pub const GIB: u64 = 1 << 30;
 
 /// The 64-bit GDT the VMM builds for long-mode entry.
 pub const BOOT_GDT_START: u64 = 0x500;
-/// Number of 8-byte entries in the boot GDT (null, code, data, TSS).
-pub const BOOT_GDT_ENTRIES: u64 = 4;
-/// An empty IDT loaded on long-mode entry: any exception then triple-faults.
-pub const BOOT_IDT_START: u64 = 0x520;
+/// Number of 8-byte entries in the boot GDT (null, code64, data, TSS, code32).
+pub const BOOT_GDT_ENTRIES: u64 = 5;
+/// An empty IDT loaded on 32- and 64-bit entry: any exception then triple-faults.
+pub const BOOT_IDT_START: u64 = 0x540;
+/// PVH `hvm_start_info`, followed by its memory map (xen/include/public/arch-x86/hvm/start_info.h).
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH memory map table (after the 56-byte start info).
+pub const PVH_MEMMAP_START: u64 = 0x6040;
+/// PVH module list (the initrd).
+pub const PVH_MODLIST_START: u64 = 0x6800;
+/// The Linux "zero page" (`struct boot_params`) for the 64-bit boot protocol.
+pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer for 64-bit entry (grows down, below the page tables).
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Level-4 page map of the identity page tables.
@@ -34,6 +42,22 @@ pub const BOOT_AREA_END: u64 = PDE_START + IDENTITY_MAPPED_GIB * 0x1000;
 pub const RAW_IMAGE_DEFAULT_LOAD: u64 = 0x1000;
 /// The highest address real-mode code can reach with a segment base below 1 MiB.
 pub const REAL_MODE_LIMIT: u64 = MIB;
+
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Room reserved for the command line, terminating NUL included.
+pub const CMDLINE_MAX_SIZE: u64 = 0x1_0000;
+/// Start of the extended BIOS data area: from here to 1 MiB is reserved in
+/// the memory map, as on a PC (the MP table lives at its start).
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Where the Intel MP table (floating pointer and configuration table) goes.
+pub const MPTABLE_START: u64 = EBDA_START;
+/// First address above the legacy BIOS area.
+pub const HIGH_MEMORY_START: u64 = MIB;
+/// The local APIC's default MMIO base.
+pub const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
+/// The I/O APIC's default MMIO base.
+pub const IOAPIC_DEFAULT_BASE: u64 = 0xfec0_0000;
 
 /// Start of the hole below 4 GiB that is left unbacked for MMIO devices
 /// (where a PC has its PCI window, LAPIC and IOAPIC).

@@ -93,10 +93,7 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     if size <= layout::MMIO_HOLE_START {
         vec![(0, size)]
     } else {
-        vec![
-            (0, layout::MMIO_HOLE_START),
-            (layout::MMIO_HOLE_END, size - layout::MMIO_HOLE_START),
-        ]
+        vec![(0, layout::MMIO_HOLE_START), (layout::MMIO_HOLE_END, size - layout::MMIO_HOLE_START)]
     }
 }
 
@@ -128,10 +125,7 @@ impl GuestRam {
         }
         let memory = GuestMemoryMmap::from_ranges(&ranges)
             .map_err(|source| Error::Map { size_mib, source })?;
-        log::debug!(
-            "mapped {size_mib} MiB of guest RAM in {} region(s)",
-            ranges.len()
-        );
+        log::debug!("mapped {size_mib} MiB of guest RAM in {} region(s)", ranges.len());
         Ok(GuestRam { memory, size })
     }
 
@@ -155,17 +149,35 @@ impl GuestRam {
         let Some(end) = start.checked_add(len) else {
             return false;
         };
-        ram_ranges(self.size)
-            .iter()
-            .any(|&(base, size)| start >= base && end <= base + size)
+        ram_ranges(self.size).iter().any(|&(base, size)| start >= base && end <= base + size)
     }
 
-    /// The guest's physical memory map, sorted by address: RAM, the MMIO hole
-    /// (reserved) when RAM reaches it, and RAM above 4 GiB.
+    /// The guest's physical memory map, sorted by address: low RAM up to
+    /// the EBDA, the legacy BIOS area (reserved) up to 1 MiB, RAM, the MMIO
+    /// hole (reserved) when RAM reaches it, and RAM above 4 GiB. A guest of
+    /// 1 MiB or less gets its RAM as one entry.
     pub fn e820_map(&self) -> Vec<MemoryMapEntry> {
         let mut map = Vec::new();
         for region in self.memory.iter() {
             let start = region.start_addr().raw_value();
+            if start == 0 && region.len() > layout::HIGH_MEMORY_START {
+                map.push(MemoryMapEntry {
+                    start: 0,
+                    size: layout::EBDA_START,
+                    kind: MemoryKind::Ram,
+                });
+                map.push(MemoryMapEntry {
+                    start: layout::EBDA_START,
+                    size: layout::HIGH_MEMORY_START - layout::EBDA_START,
+                    kind: MemoryKind::Reserved,
+                });
+                map.push(MemoryMapEntry {
+                    start: layout::HIGH_MEMORY_START,
+                    size: region.len() - layout::HIGH_MEMORY_START,
+                    kind: MemoryKind::Ram,
+                });
+                continue;
+            }
             if start == layout::MMIO_HOLE_END {
                 map.push(MemoryMapEntry {
                     start: layout::MMIO_HOLE_START,
@@ -173,11 +185,7 @@ impl GuestRam {
                     kind: MemoryKind::Reserved,
                 });
             }
-            map.push(MemoryMapEntry {
-                start,
-                size: region.len(),
-                kind: MemoryKind::Ram,
-            });
+            map.push(MemoryMapEntry { start, size: region.len(), kind: MemoryKind::Ram });
         }
         map
     }
@@ -232,10 +240,7 @@ mod tests {
     #[test]
     fn size_overflowing_the_address_space_is_rejected() {
         assert!(matches!(GuestRam::new(u64::MAX), Err(Error::TooLarge(_))));
-        assert!(matches!(
-            GuestRam::new(u64::MAX >> 20),
-            Err(Error::TooLarge(_))
-        ));
+        assert!(matches!(GuestRam::new(u64::MAX >> 20), Err(Error::TooLarge(_))));
     }
 
     #[test]
@@ -252,51 +257,34 @@ mod tests {
         assert_eq!(ram.memory().num_regions(), 1);
         assert_eq!(
             ram.e820_map(),
-            vec![MemoryMapEntry {
-                start: 0,
-                size: 128 << 20,
-                kind: MemoryKind::Ram
-            }]
+            vec![
+                entry(0, 0x9_fc00, MemoryKind::Ram),
+                entry(0x9_fc00, 0x6_0400, MemoryKind::Reserved),
+                entry(1 << 20, 127 << 20, MemoryKind::Ram),
+            ]
         );
         assert_eq!(ram.low_ram_end(), 128 << 20);
+        let tiny = GuestRam::new(1).unwrap();
+        assert_eq!(tiny.e820_map(), vec![entry(0, 1 << 20, MemoryKind::Ram)]);
+    }
+
+    fn entry(start: u64, size: u64, kind: MemoryKind) -> MemoryMapEntry {
+        MemoryMapEntry { start, size, kind }
     }
 
     #[test]
     fn large_ram_skips_the_mmio_hole() {
         let ram = GuestRam::new(4096).unwrap();
         let map = ram.e820_map();
-        assert_eq!(map.len(), 3);
-        assert_eq!(
-            map[0],
-            MemoryMapEntry {
-                start: 0,
-                size: 3 << 30,
-                kind: MemoryKind::Ram
-            }
-        );
-        assert_eq!(map[1].kind, MemoryKind::Reserved);
-        assert_eq!(map[1].start, layout::MMIO_HOLE_START);
-        assert_eq!(
-            map[2],
-            MemoryMapEntry {
-                start: 4 << 30,
-                size: 1 << 30,
-                kind: MemoryKind::Ram
-            }
-        );
+        assert_eq!(map.len(), 5);
+        assert_eq!(map[2], entry(1 << 20, (3 << 30) - (1 << 20), MemoryKind::Ram));
+        assert_eq!(map[3], entry(3 << 30, 1 << 30, MemoryKind::Reserved));
+        assert_eq!(map[4], entry(4 << 30, 1 << 30, MemoryKind::Ram));
         assert_eq!(ram.size_bytes(), 4 << 30);
         assert_eq!(ram.low_ram_end(), 3 << 30);
         // The hole really is unbacked.
-        assert!(
-            ram.memory()
-                .write_obj(1u8, GuestAddress(layout::MMIO_HOLE_START))
-                .is_err()
-        );
-        assert!(
-            ram.memory()
-                .write_obj(1u8, GuestAddress(layout::MMIO_HOLE_END))
-                .is_ok()
-        );
+        assert!(ram.memory().write_obj(1u8, GuestAddress(layout::MMIO_HOLE_START)).is_err());
+        assert!(ram.memory().write_obj(1u8, GuestAddress(layout::MMIO_HOLE_END)).is_ok());
     }
 
     #[test]
@@ -318,10 +306,7 @@ mod tests {
         assert_eq!(regions[0].slot, 0);
         assert_eq!(regions[1].slot, 1);
         assert_eq!(regions[1].guest_phys_addr, 4 << 30);
-        let host = ram
-            .memory()
-            .get_host_address(GuestAddress(4 << 30))
-            .unwrap();
+        let host = ram.memory().get_host_address(GuestAddress(4 << 30)).unwrap();
         assert_eq!(regions[1].userspace_addr, host as u64);
     }
 }

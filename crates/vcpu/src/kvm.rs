@@ -56,10 +56,7 @@ pub fn open(path: &str) -> Result<Kvm> {
     })?;
     check_api_version(path, kvm.get_api_version())?;
     check_capabilities(|cap| kvm.check_extension(cap))?;
-    log::debug!(
-        "{path}: KVM API {API_VERSION}, max {} vCPUs",
-        kvm.get_max_vcpus()
-    );
+    log::debug!("{path}: KVM API {API_VERSION}, max {} vCPUs", kvm.get_max_vcpus());
     Ok(kvm)
 }
 
@@ -71,14 +68,8 @@ mod tests {
     fn only_api_version_12_is_accepted() {
         assert!(check_api_version("/dev/kvm", 12).is_ok());
         let err = check_api_version("/dev/kvm", 11).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "KVM API version is 11, but this VMM needs version 12"
-        );
-        assert!(matches!(
-            check_api_version("/dev/null", -1),
-            Err(Error::NotKvm(_))
-        ));
+        assert_eq!(err.to_string(), "KVM API version is 11, but this VMM needs version 12");
+        assert!(matches!(check_api_version("/dev/null", -1), Err(Error::NotKvm(_))));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!
 //! let kvm = kvm::open(kvm::DEFAULT_DEVICE).unwrap();
 //! let vm = Vm::new(&kvm, GuestRam::new(128).unwrap()).unwrap();
-//! let mut vcpu = vm.create_vcpu(&kvm, 0).unwrap();
+//! let mut vcpu = vm.create_vcpu(&kvm, 0, Default::default()).unwrap();
 //! vcpu.setup_real_mode(0x100, 0).unwrap();
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -24,10 +24,12 @@
 mod cpuid;
 pub mod kvm;
 pub mod modes;
+mod platform;
 pub mod thread;
 mod vcpu;
 mod vm;
 
+pub use cpuid::CpuTopology;
 pub use vcpu::{FaultContext, Vcpu};
 pub use vm::Vm;
 

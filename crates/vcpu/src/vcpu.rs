@@ -4,7 +4,8 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::{Result, cpuid, kvm_error, modes};
+use crate::cpuid::CpuTopology;
+use crate::{Result, cpuid, kvm_error, modes, platform};
 
 /// The longest x86 instruction.
 const MAX_INSTRUCTION_LEN: usize = 15;
@@ -32,14 +33,18 @@ pub struct FaultContext {
 }
 
 impl Vcpu {
-    pub(crate) fn new(kvm: &Kvm, vm: &VmFd, memory: GuestMemoryMmap, index: u8) -> Result<Self> {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_error("KVM_CREATE_VCPU"))?;
+    pub(crate) fn new(
+        kvm: &Kvm,
+        vm: &VmFd,
+        memory: GuestMemoryMmap,
+        index: u8,
+        topology: CpuTopology,
+    ) -> Result<Self> {
+        let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_error("KVM_CREATE_VCPU"))?;
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
-        cpuid::adjust(&mut cpuid, index);
+        cpuid::adjust(&mut cpuid, index, topology);
         fd.set_cpuid2(&cpuid).map_err(kvm_error("KVM_SET_CPUID2"))?;
         Ok(Vcpu { fd, index, memory })
     }
@@ -63,12 +68,30 @@ impl Vcpu {
     pub fn setup_real_mode(&mut self, segment: u16, ip: u16) -> Result<()> {
         let mut sregs = self.fd.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
         modes::real_mode_sregs(&mut sregs, segment);
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(kvm_error("KVM_SET_SREGS"))?;
-        self.fd
-            .set_regs(&modes::real_mode_regs(ip))
-            .map_err(kvm_error("KVM_SET_REGS"))
+        self.fd.set_sregs(&sregs).map_err(kvm_error("KVM_SET_SREGS"))?;
+        self.fd.set_regs(&modes::real_mode_regs(ip)).map_err(kvm_error("KVM_SET_REGS"))
+    }
+
+    /// Starts the vCPU in 32-bit protected mode (paging off, flat segments)
+    /// at `eip` with `ebx` set, writing the GDT into guest memory.
+    pub fn setup_protected_mode(&mut self, eip: u32, ebx: u32) -> Result<()> {
+        modes::write_descriptor_tables(&self.memory)?;
+        let mut sregs = self.fd.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
+        modes::protected_mode_sregs(&mut sregs);
+        self.fd.set_sregs(&sregs).map_err(kvm_error("KVM_SET_SREGS"))?;
+        self.fd.set_regs(&modes::protected_mode_regs(eip, ebx)).map_err(kvm_error("KVM_SET_REGS"))
+    }
+
+    /// Gives the vCPU the state a PC firmware leaves for an operating
+    /// system: boot MSRs, an initialised FPU, and (with the in-kernel
+    /// irqchip) LINT0 as ExtINT and LINT1 as NMI.
+    pub fn setup_platform(&mut self, in_kernel_irqchip: bool) -> Result<()> {
+        platform::set_boot_msrs(&self.fd)?;
+        platform::set_fpu(&self.fd)?;
+        if in_kernel_irqchip {
+            platform::set_lint(&self.fd)?;
+        }
+        Ok(())
     }
 
     /// Starts the vCPU in 64-bit long mode at `rip`, writing the GDT and
@@ -77,12 +100,8 @@ impl Vcpu {
         modes::write_long_mode_tables(&self.memory)?;
         let mut sregs = self.fd.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
         modes::long_mode_sregs(&mut sregs);
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(kvm_error("KVM_SET_SREGS"))?;
-        self.fd
-            .set_regs(&modes::long_mode_regs(rip, rsi))
-            .map_err(kvm_error("KVM_SET_REGS"))
+        self.fd.set_sregs(&sregs).map_err(kvm_error("KVM_SET_SREGS"))?;
+        self.fd.set_regs(&modes::long_mode_regs(rip, rsi)).map_err(kvm_error("KVM_SET_REGS"))
     }
 
     /// Runs the guest until its next exit.
@@ -98,9 +117,7 @@ impl Vcpu {
     /// True when RFLAGS.IF is set.
     pub fn interrupts_enabled(&self) -> bool {
         const RFLAGS_IF: u64 = 1 << 9;
-        self.fd
-            .get_regs()
-            .is_ok_and(|regs| regs.rflags & RFLAGS_IF != 0)
+        self.fd.get_regs().is_ok_and(|regs| regs.rflags & RFLAGS_IF != 0)
     }
 
     /// The suberror and data words KVM gave with the last

@@ -3,7 +3,9 @@
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_memory::{GuestRam, layout};
 
-use crate::{Result, Vcpu, kvm_error};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+
+use crate::{CpuTopology, Result, Vcpu, kvm_error};
 
 /// A KVM VM that owns its guest RAM.
 ///
@@ -41,8 +43,18 @@ impl Vm {
         &self.ram
     }
 
-    /// Creates vCPU `index` with the host's supported CPUID.
-    pub fn create_vcpu(&self, kvm: &Kvm, index: u8) -> Result<Vcpu> {
-        Vcpu::new(kvm, &self.fd, self.ram.memory().clone(), index)
+    /// Creates the in-kernel interrupt controllers (8259 PICs, I/O APIC,
+    /// local APICs) and the 8254 PIT, as a PC has them. Must come before
+    /// the vCPUs are created.
+    pub fn create_irqchip(&self) -> Result<()> {
+        self.fd.create_irq_chip().map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        self.fd.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))
+    }
+
+    /// Creates vCPU `index` of `topology` with the host's supported CPUID,
+    /// adjusted for it.
+    pub fn create_vcpu(&self, kvm: &Kvm, index: u8, topology: CpuTopology) -> Result<Vcpu> {
+        Vcpu::new(kvm, &self.fd, self.ram.memory().clone(), index, topology)
     }
 }

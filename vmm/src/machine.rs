@@ -1,0 +1,196 @@
+//! Composition: the VM, its devices and vCPUs, from the command line.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context, bail};
+use vm_device::bus::{PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, PioManager};
+use vmm_devices::console::{self, PumpEnd, RawTerminal};
+use vmm_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
+use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialPort};
+use vmm_devices::{EventFdTrigger, ExitRequest};
+use vmm_dispatch::{Dispatcher, Outcome, ResetCause, RunControl};
+use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
+use vmm_memory::GuestRam;
+use vmm_vcpu::{CpuTopology, Vm};
+
+use crate::cli::{Boot, Cli, SerialTarget};
+
+type Serial = Mutex<SerialPort<Box<dyn Write + Send>>>;
+
+/// Turns device requests (debug exit, reset) into the run's outcome.
+struct DeviceRequests(Arc<RunControl>);
+
+impl ExitRequest for DeviceRequests {
+    fn debug_exit(&self, value: u32) {
+        self.0.finish(Outcome::DebugExit { value });
+    }
+
+    fn reset(&self) {
+        self.0.finish(Outcome::Reset { vcpu: 0, cause: ResetCause::Device });
+    }
+}
+
+fn serial_output(target: &SerialTarget) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        SerialTarget::Stdout => Box::new(std::io::stdout()),
+        SerialTarget::None => Box::new(std::io::sink()),
+        SerialTarget::File(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
+        ),
+    })
+}
+
+/// The legacy devices on the port I/O bus.
+fn build_bus(serial: Arc<Serial>, control: &Arc<RunControl>) -> anyhow::Result<IoManager> {
+    let mut bus = IoManager::new();
+    bus.register_pio(PioRange::new(PioAddress(COM1_PORT), SERIAL_PORT_LEN)?, serial)
+        .context("cannot register the serial port")?;
+    let debug_exit = Arc::new(Mutex::new(DebugExit::new(DeviceRequests(control.clone()))));
+    bus.register_pio(PioRange::new(PioAddress(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?, debug_exit)
+        .context("cannot register the debug-exit port")?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(DeviceRequests(control.clone()))));
+    for port in [I8042_DATA_PORT, I8042_COMMAND_PORT] {
+        bus.register_pio(PioRange::new(PioAddress(port), 1)?, i8042.clone())
+            .context("cannot register the i8042 controller")?;
+    }
+    Ok(bus)
+}
+
+fn boot_protocol(boot: Boot) -> BootProtocol {
+    match boot {
+        Boot::Auto => BootProtocol::Auto,
+        Boot::Bare => BootProtocol::Bare,
+        Boot::Pvh => BootProtocol::Pvh,
+        Boot::Linux64 => BootProtocol::Linux64,
+    }
+}
+
+/// Feeds host stdin to the guest's UART on its own thread, in raw mode when
+/// stdin is a terminal (Ctrl-A x then leaves).
+fn start_console_input(
+    serial: Arc<Serial>,
+    control: Arc<RunControl>,
+    escape: bool,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            let push = |bytes: &[u8]| {
+                serial.lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(bytes)
+            };
+            let end = console::pump_input(std::io::stdin().lock(), push, escape, || {
+                control.should_stop()
+            });
+            match end {
+                PumpEnd::Quit => {
+                    control.finish(Outcome::Stopped {
+                        reason: "console escape (Ctrl-A x)".into(),
+                        status: 0,
+                    });
+                }
+                PumpEnd::Error(kind) => log::warn!("console input stopped: {kind}"),
+                PumpEnd::EndOfInput | PumpEnd::Stopped => {
+                    log::debug!("console input ended: {end:?}")
+                }
+            }
+        })
+        .context("cannot start the console input thread")?;
+    Ok(())
+}
+
+/// Builds the machine the command line describes, runs it to its end and
+/// returns how it ended.
+pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    // Before any other thread exists, so that every thread inherits the mask.
+    let control = Arc::new(RunControl::new());
+    vmm_dispatch::stop_on_signals(control.clone(), &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .context("cannot set up signal handling")?;
+
+    // User input first (RAM size, image), so mistakes are reported even
+    // where KVM is unusable.
+    let ram = GuestRam::new(cli.memory)?;
+    let options = LoadOptions {
+        load_addr: cli.load_addr,
+        entry: cli.entry,
+        boot: boot_protocol(cli.boot),
+        cmdline: cli.cmdline.clone(),
+        initrd: cli.initrd.clone(),
+    };
+    let image = vmm_loader::load_image(&ram, &cli.kernel, &options)?;
+    let linux = image.protocol.is_linux();
+    let irqchip = linux || cli.irqchip;
+    if cli.cpus > 1 && !irqchip {
+        bail!(
+            "--cpus {} needs the in-kernel irqchip: boot a Linux kernel or add --irqchip",
+            cli.cpus
+        );
+    }
+    if linux {
+        mptable::write(&ram, cli.cpus)?;
+    }
+
+    let kvm = vmm_vcpu::kvm::open(&cli.kvm_device)?;
+    let max_cpus = kvm.get_max_vcpus();
+    if usize::from(cli.cpus) > max_cpus {
+        bail!("--cpus {} is more than KVM allows here ({max_cpus})", cli.cpus);
+    }
+    let vm = Vm::new(&kvm, ram)?;
+    if irqchip {
+        vm.create_irqchip()?;
+    }
+
+    let serial = SerialPort::new(EventFdTrigger::new()?, serial_output(&cli.serial)?);
+    if irqchip {
+        vm.fd()
+            .register_irqfd(serial.interrupt().event_fd(), COM1_IRQ)
+            .context("cannot connect the serial port's interrupt (KVM_IRQFD)")?;
+    }
+    let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
+    let dispatcher = Arc::new(Dispatcher::new(Arc::new(build_bus(serial.clone(), &control)?)));
+
+    let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
+    let mut threads = Vec::new();
+    for index in 0..cli.cpus {
+        let mut vcpu = vm.create_vcpu(&kvm, index, topology)?;
+        vcpu.setup_platform(irqchip)?;
+        // Secondary CPUs wait for INIT/SIPI from the guest (in-kernel LAPIC).
+        if index == 0 {
+            match image.entry {
+                EntryPoint::RealMode { segment, ip } => vcpu.setup_real_mode(segment, ip)?,
+                EntryPoint::ProtectedMode { eip, ebx } => vcpu.setup_protected_mode(eip, ebx)?,
+                EntryPoint::LongMode { rip, rsi } => vcpu.setup_long_mode(rip, rsi)?,
+            }
+        }
+        let (dispatcher, control) = (dispatcher.clone(), control.clone());
+        threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| dispatcher.run(vcpu, &control))?);
+    }
+
+    let terminal = RawTerminal::enable();
+    start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
+
+    let outcome = control.wait();
+    for thread in &threads {
+        thread.kick();
+    }
+    for thread in threads {
+        if thread.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+    drop(terminal);
+    if let Err(err) = serial.lock().unwrap_or_else(PoisonError::into_inner).flush() {
+        log::warn!("cannot flush the serial output: {err}");
+    }
+    let stats = dispatcher.stats();
+    log::debug!(
+        "unclaimed accesses: {} port, {} MMIO",
+        stats.unclaimed_pio.load(Ordering::Relaxed),
+        stats.unclaimed_mmio.load(Ordering::Relaxed)
+    );
+    Ok(outcome)
+}
