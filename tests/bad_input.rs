@@ -218,3 +218,32 @@ fn kvm_not_permitted() {
     assert_vmm_error(&run, "cannot open /dev/kvm: Permission denied");
     assert!(run.stderr.contains("add the user to the group"), "{}", run.stderr);
 }
+
+#[test]
+fn cpu_count_out_of_range() {
+    for cpus in ["0", "255"] {
+        let run = run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--cpus", cpus]);
+        run.assert_status(2);
+        assert!(
+            run.stderr.contains(&format!("invalid value '{cpus}' for '--cpus <N>'")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("1..=254"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn several_cpus_without_an_interrupt_controller() {
+    let run = run_vmm(&["--kernel", guest("hello_long.elf").to_str().unwrap(), "--cpus", "2"]);
+    assert_vmm_error(&run, "--cpus 2 needs the in-kernel irqchip");
+}
+
+#[test]
+fn linux_options_for_a_bare_image() {
+    let run =
+        run_vmm(&["--kernel", guest("hello_long.elf").to_str().unwrap(), "--cmdline", "quiet"]);
+    assert_vmm_error(&run, "--cmdline does not apply to bare ELF images");
+    let run = run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--boot", "pvh"]);
+    assert_vmm_error(&run, "cannot boot this image through PVH: raw images run in real mode");
+}

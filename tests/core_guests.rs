@@ -116,3 +116,11 @@ fn raw_image_runs_where_it_is_loaded() {
     run.assert_status(0);
     assert_eq!(run.stdout, "Hello from real mode\n");
 }
+
+#[test]
+fn bare_guest_runs_with_the_in_kernel_irqchip_when_asked() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", guest("hello_long.elf").to_str().unwrap(), "--irqchip"]);
+    run.assert_status(11);
+    assert_eq!(run.stdout, "Hello from long mode\n");
+}

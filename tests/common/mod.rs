@@ -145,3 +145,42 @@ pub fn run_command(command: &mut Command, limit: Duration) -> Run {
         stderr: stderr.join().expect("stderr reader"),
     }
 }
+
+/// The test Linux kernel and initrds built by resources/linux/build.sh.
+#[derive(Debug)]
+pub struct LinuxGuest {
+    /// The directory holding vmlinux, bzImage and the initrds.
+    pub dir: PathBuf,
+    /// The kernel command line of the recipe.
+    pub cmdline: String,
+}
+
+impl LinuxGuest {
+    /// A file of the build, as a string argument.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("UTF-8 path").to_owned()
+    }
+}
+
+/// Builds (or finds in its cache) the test kernel, once per process. The
+/// script locks its cache itself, so parallel test processes wait for one
+/// build. A failed build fails the test: it is part of what is tested.
+pub fn linux_guest() -> &'static LinuxGuest {
+    static GUEST: OnceLock<LinuxGuest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let recipe = repo_root().join("resources/linux");
+        let output = Command::new("bash")
+            .arg(recipe.join("build.sh"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run resources/linux/build.sh");
+        assert!(output.status.success(), "building the test kernel failed");
+        let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+        let dir =
+            PathBuf::from(stdout.lines().last().expect("build.sh printed its output directory"));
+        let cmdline =
+            std::fs::read_to_string(recipe.join("cmdline.txt")).expect("read cmdline.txt");
+        LinuxGuest { dir, cmdline: cmdline.trim().to_owned() }
+    })
+}

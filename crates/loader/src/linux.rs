@@ -102,9 +102,10 @@ impl BzImageHeader {
         Ok(header)
     }
 
-    /// The longest command line the kernel accepts, without the NUL.
+    /// The longest command line the kernel accepts, without the NUL
+    /// (`cmdline_size` counts no NUL), within the room the VMM reserves.
     pub(crate) fn cmdline_max(&self) -> usize {
-        (self.cmdline_size as usize).clamp(1, VMLINUX_CMDLINE_MAX) - 1
+        (self.cmdline_size as usize).min(layout::CMDLINE_MAX_SIZE as usize - 1)
     }
 }
 
@@ -128,18 +129,28 @@ fn checked_cmdline(cmdline: &str, max_len: usize) -> Result<Cmdline> {
 /// Reads the initrd and places it as high as allowed: page-aligned, below
 /// `addr_max` and the end of low RAM, above `kernel_end`.
 fn load_initrd(ram: &GuestRam, path: &Path, kernel_end: u64, addr_max: u64) -> Result<(u64, u64)> {
-    let bytes =
-        std::fs::read(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-    if bytes.is_empty() {
+    let metadata =
+        std::fs::metadata(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    if !metadata.is_file() {
+        return Err(Error::NotAFile(path.to_owned()));
+    }
+    let size = metadata.len();
+    if size == 0 {
         return Err(Error::Empty(path.to_owned()));
     }
-    let size = bytes.len() as u64;
     let top = ram.low_ram_end().min(addr_max.saturating_add(1));
     let lowest = kernel_end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let address = top.checked_sub(size).map(|a| a & !(PAGE_SIZE - 1)).filter(|&a| a >= lowest);
     let Some(address) = address else {
         return Err(Error::InitrdDoesNotFit { path: path.to_owned(), size, from: lowest, to: top });
     };
+    // Read only once it is known to fit.
+    let bytes =
+        std::fs::read(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    if bytes.len() as u64 != size {
+        let changed = std::io::Error::other("the file changed size while being read");
+        return Err(Error::Read { path: path.to_owned(), source: changed });
+    }
     ram.memory().write_slice(&bytes, GuestAddress(address))?;
     log::info!("initrd: {size} bytes at {address:#x}");
     Ok((address, size))
@@ -365,11 +376,11 @@ mod tests {
     #[test]
     fn cmdline_longer_than_the_kernel_accepts_is_rejected() {
         let ram = GuestRam::new(64).unwrap();
-        let long = "x".repeat(2047);
+        let long = "x".repeat(2048);
         let err = load_bzimage(&ram, &tiny_bzimage(0x020f), &long, None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the command line is 2047 bytes long, but the kernel accepts at most 2046"
+            "the command line is 2048 bytes long, but the kernel accepts at most 2047"
         );
     }
 
