@@ -247,3 +247,13 @@ fn linux_options_for_a_bare_image() {
     let run = run_vmm(&["--kernel", guest("hello_real.bin").to_str().unwrap(), "--boot", "pvh"]);
     assert_vmm_error(&run, "cannot boot this image through PVH: raw images run in real mode");
 }
+
+#[test]
+fn exit_stats_file_that_cannot_be_created() {
+    let run = run_vmm(&[
+        "--kernel",
+        guest("hello_real.bin").to_str().unwrap(),
+        "--exit-stats=/nonexistent/dir/stats.json",
+    ]);
+    assert_vmm_error(&run, "cannot create the exit statistics file /nonexistent/dir/stats.json");
+}

@@ -124,3 +124,50 @@ fn bare_guest_runs_with_the_in_kernel_irqchip_when_asked() {
     run.assert_status(11);
     assert_eq!(run.stdout, "Hello from long mode\n");
 }
+
+#[test]
+fn exit_stats_count_a_guest_with_known_exits() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", guest("exit_counts.elf").to_str().unwrap(), "--exit-stats"]);
+    run.assert_status(0);
+    for line in [
+        "vCPU 0: 26 exits, ",
+        "  io_in           7\n",
+        "  io_out          10\n",
+        "  mmio_read       3\n",
+        "  mmio_write      5\n",
+        "  hlt             1\n",
+        "  top ports: 0x2f0 (17)\n",
+        "  top MMIO:  0xd0000000 (8)\n",
+    ] {
+        assert!(run.stderr.contains(line), "missing {line:?} in:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn exit_stats_as_json_to_a_file() {
+    require_kvm!();
+    let path = scratch_file("exit-stats.json");
+    let arg = format!("--exit-stats={}", path.display());
+    let run = run_vmm(&["--kernel", guest("exit_counts.elf").to_str().unwrap(), &arg]);
+    run.assert_status(0);
+    let json = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    for part in [
+        "{\"vcpus\": [{\"vcpu\": 0, \"total\": 26, \"exits\": {\"io_in\": 7, \"io_out\": 10, \
+         \"mmio_read\": 3, \"mmio_write\": 5, \"hlt\": 1,",
+        "\"top_ports\": [{\"port\": 752, \"count\": 17}]",
+        "\"top_mmio\": [{\"address\": 3489660928, \"count\": 8}]",
+        "\"run_ns\": ",
+    ] {
+        assert!(json.contains(part), "missing {part:?} in {json}");
+    }
+}
+
+#[test]
+fn without_exit_stats_nothing_is_reported() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", guest("exit_counts.elf").to_str().unwrap()]);
+    run.assert_status(0);
+    assert_eq!(run.stderr, "");
+}

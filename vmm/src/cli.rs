@@ -96,6 +96,12 @@ pub struct Cli {
     #[arg(long)]
     pub kvm_pv_ipi: bool,
 
+    /// At exit, report each vCPU's exits by reason, the busiest ports and
+    /// MMIO addresses, and the time in KVM_RUN vs handling exits: to stderr,
+    /// or as JSON to PATH with --exit-stats=PATH.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub exit_stats: Option<PathBuf>,
+
     /// Serial console (COM1) output: stdout, file:PATH or none.
     #[arg(long, value_name = "TARGET", default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialTarget,
@@ -139,6 +145,17 @@ mod tests {
         assert_eq!(cli.kvm_device, "/dev/kvm");
         assert_eq!((cli.cpus, cli.boot, cli.irqchip), (1, Boot::Auto, false));
         assert!(Cli::try_parse_from(["vmm"]).is_err());
+    }
+
+    #[test]
+    fn exit_stats_go_to_stderr_or_a_file() {
+        let cli = Cli::try_parse_from(["vmm", "--kernel", "k", "--exit-stats"]).unwrap();
+        assert_eq!(cli.exit_stats, Some("-".into()));
+        let cli =
+            Cli::try_parse_from(["vmm", "--kernel", "k", "--exit-stats=/tmp/s.json"]).unwrap();
+        assert_eq!(cli.exit_stats, Some("/tmp/s.json".into()));
+        let cli = Cli::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
+        assert_eq!(cli.exit_stats, None);
     }
 
     #[test]

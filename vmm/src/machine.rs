@@ -12,7 +12,7 @@ use vmm_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
 use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialPort};
 use vmm_devices::{EventFdTrigger, ExitRequest};
-use vmm_dispatch::{Dispatcher, Outcome, ResetCause, RunControl};
+use vmm_dispatch::{Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json};
 use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
 use vmm_vcpu::{CpuTopology, Vm};
@@ -103,6 +103,40 @@ fn start_console_input(
     Ok(())
 }
 
+/// Where `--exit-stats` goes: stderr as text, or a file as JSON. The file
+/// is created before the guest runs, so a bad path fails early.
+enum StatsSink {
+    Stderr,
+    File(std::path::PathBuf, std::fs::File),
+}
+
+impl StatsSink {
+    fn open(path: &std::path::Path) -> anyhow::Result<StatsSink> {
+        if path.as_os_str() == "-" {
+            return Ok(StatsSink::Stderr);
+        }
+        let file = std::fs::File::create(path).with_context(|| {
+            format!("cannot create the exit statistics file {}", path.display())
+        })?;
+        Ok(StatsSink::File(path.to_owned(), file))
+    }
+
+    fn write(self, stats: &[ExitStats]) -> anyhow::Result<()> {
+        match self {
+            StatsSink::Stderr => {
+                let mut stderr = std::io::stderr().lock();
+                for vcpu in stats {
+                    stderr.write_all(vcpu.to_text().as_bytes())?;
+                }
+                Ok(())
+            }
+            StatsSink::File(path, mut file) => file
+                .write_all(stats_json(stats).as_bytes())
+                .with_context(|| format!("cannot write the exit statistics to {}", path.display())),
+        }
+    }
+}
+
 /// Builds the machine the command line describes, runs it to its end and
 /// returns how it ended.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
@@ -144,6 +178,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         vm.create_irqchip()?;
     }
 
+    let stats_sink = cli.exit_stats.as_deref().map(StatsSink::open).transpose()?;
     let serial = SerialPort::new(EventFdTrigger::new()?, serial_output(&cli.serial)?);
     if irqchip {
         vm.fd()
@@ -167,7 +202,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             }
         }
         let (dispatcher, control) = (dispatcher.clone(), control.clone());
-        threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| dispatcher.run(vcpu, &control))?);
+        let mut stats = cli.exit_stats.is_some().then(|| ExitStats::new(index));
+        threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
+            dispatcher.run(vcpu, &control, stats.as_mut());
+            stats
+        })?);
     }
 
     let terminal = RawTerminal::enable();
@@ -177,20 +216,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     for thread in &threads {
         thread.kick();
     }
+    let mut stats = Vec::new();
     for thread in threads {
-        if thread.join().is_err() {
-            log::error!("a vCPU thread panicked");
+        match thread.join() {
+            Ok(vcpu_stats) => stats.extend(vcpu_stats),
+            Err(_) => log::error!("a vCPU thread panicked"),
         }
     }
     drop(terminal);
     if let Err(err) = serial.lock().unwrap_or_else(PoisonError::into_inner).flush() {
         log::warn!("cannot flush the serial output: {err}");
     }
-    let stats = dispatcher.stats();
+    let unclaimed = dispatcher.stats();
     log::debug!(
         "unclaimed accesses: {} port, {} MMIO",
-        stats.unclaimed_pio.load(Ordering::Relaxed),
-        stats.unclaimed_mmio.load(Ordering::Relaxed)
+        unclaimed.unclaimed_pio.load(Ordering::Relaxed),
+        unclaimed.unclaimed_mmio.load(Ordering::Relaxed)
     );
+    if let Some(sink) = stats_sink {
+        sink.write(&stats)?;
+    }
     Ok(outcome)
 }

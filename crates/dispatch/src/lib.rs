@@ -15,16 +15,18 @@
 //!
 //! let dispatcher = Dispatcher::new(Arc::new(IoManager::new()));
 //! let control = RunControl::new();
-//! let outcome = dispatcher.run(&mut vcpu(), &control);
+//! let outcome = dispatcher.run(&mut vcpu(), &control, None);
 //! println!("{outcome}, exit status {}", outcome.exit_status());
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod control;
 mod outcome;
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
@@ -34,6 +36,8 @@ use vmm_vcpu::Vcpu;
 
 pub use control::{RunControl, signal_exit_status, stop_on_signals};
 pub use outcome::*;
+use stats::Classified;
+pub use stats::{ExitReason, ExitStats, TOP_ADDRESSES, stats_json};
 
 /// Counters of accesses no device claimed.
 #[derive(Debug, Default)]
@@ -146,25 +150,51 @@ impl Dispatcher {
     }
 
     /// Runs `vcpu` until its run ends or `control` says to stop, and returns
-    /// how its run ended (also reported to `control`).
-    pub fn run(&self, vcpu: &mut Vcpu, control: &RunControl) -> Outcome {
+    /// how its run ended (also reported to `control`). With `stats`, every
+    /// exit is counted and timed; without, the loop does no extra work.
+    pub fn run(
+        &self,
+        vcpu: &mut Vcpu,
+        control: &RunControl,
+        mut stats: Option<&mut ExitStats>,
+    ) -> Outcome {
         let index = vcpu.index();
+        let _panic_guard = PanicGuard { control, vcpu: index };
         let outcome = loop {
             if control.should_stop() {
                 break Outcome::Stopped { reason: format!("vCPU {index} stopped"), status: 0 };
             }
-            let step = match vcpu.run() {
-                Ok(exit) => self.handle(index, exit),
-                Err(err) if err.errno() == libc::EINTR => {
-                    vcpu.clear_kick();
+            let entered = stats.is_some().then(Instant::now);
+            let result = vcpu.run();
+            let exited = entered.map(|_| Instant::now());
+            let step = match result {
+                Ok(exit) => {
+                    if let Some(stats) = stats.as_deref_mut() {
+                        stats.record(Classified::of(&exit));
+                    }
+                    self.handle(index, exit)
+                }
+                Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                    if let Some(stats) = stats.as_deref_mut() {
+                        stats.record(Classified::Plain(ExitReason::Interrupted));
+                    }
+                    // EINTR: a kick (checked at the top); EAGAIN: a secondary
+                    // CPU woken from its wait for INIT/SIPI. Both re-enter.
+                    if err.errno() == libc::EINTR {
+                        vcpu.clear_kick();
+                    }
                     Step::Continue
                 }
-                // A secondary CPU woken from its wait for INIT/SIPI: enter again.
-                Err(err) if err.errno() == libc::EAGAIN => Step::Continue,
                 Err(err) => {
                     Step::Finish(Outcome::RunFailed { vcpu: index, error: err.to_string() })
                 }
             };
+            if let (Some(stats), Some(entered), Some(exited)) =
+                (stats.as_deref_mut(), entered, exited)
+            {
+                stats.run_time += exited - entered;
+                stats.handle_time += exited.elapsed();
+            }
             match step {
                 Step::Continue => {}
                 Step::Finish(outcome) => break outcome,
@@ -185,6 +215,21 @@ impl Dispatcher {
             control.finish(outcome.clone());
         }
         outcome
+    }
+}
+
+/// Ends the run if a vCPU loop panics, so that nothing waits for it forever.
+struct PanicGuard<'a> {
+    control: &'a RunControl,
+    vcpu: u8,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let error = "the vCPU thread panicked".to_owned();
+            self.control.finish(Outcome::RunFailed { vcpu: self.vcpu, error });
+        }
     }
 }
 

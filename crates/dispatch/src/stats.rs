@@ -1,0 +1,276 @@
+//! Per-vCPU exit statistics (`--exit-stats`): how many exits of each
+//! reason, which ports and MMIO addresses cause them, and how the time
+//! splits between the guest (KVM_RUN) and the VMM (handling exits).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuExit;
+
+/// How many ports and MMIO addresses the reports list.
+pub const TOP_ADDRESSES: usize = 5;
+
+/// The exit reasons counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// Port read.
+    IoIn,
+    /// Port write.
+    IoOut,
+    /// MMIO read.
+    MmioRead,
+    /// MMIO write.
+    MmioWrite,
+    /// HLT.
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// KVM system event.
+    SystemEvent,
+    /// KVM could not enter the guest.
+    FailEntry,
+    /// KVM internal error.
+    InternalError,
+    /// KVM_RUN interrupted by a signal (a kick) or woken to retry.
+    Interrupted,
+    /// Any other exit.
+    Other,
+}
+
+impl ExitReason {
+    /// Every reason, in report order.
+    pub const ALL: [ExitReason; 11] = [
+        ExitReason::IoIn,
+        ExitReason::IoOut,
+        ExitReason::MmioRead,
+        ExitReason::MmioWrite,
+        ExitReason::Hlt,
+        ExitReason::Shutdown,
+        ExitReason::SystemEvent,
+        ExitReason::FailEntry,
+        ExitReason::InternalError,
+        ExitReason::Interrupted,
+        ExitReason::Other,
+    ];
+
+    /// The reason's name in reports and JSON keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitReason::IoIn => "io_in",
+            ExitReason::IoOut => "io_out",
+            ExitReason::MmioRead => "mmio_read",
+            ExitReason::MmioWrite => "mmio_write",
+            ExitReason::Hlt => "hlt",
+            ExitReason::Shutdown => "shutdown",
+            ExitReason::SystemEvent => "system_event",
+            ExitReason::FailEntry => "fail_entry",
+            ExitReason::InternalError => "internal_error",
+            ExitReason::Interrupted => "interrupted",
+            ExitReason::Other => "other",
+        }
+    }
+}
+
+/// Which exit, and at which port or address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Classified {
+    Port(ExitReason, u16),
+    Mmio(ExitReason, u64),
+    Plain(ExitReason),
+}
+
+impl Classified {
+    pub(crate) fn of(exit: &VcpuExit<'_>) -> Classified {
+        match exit {
+            VcpuExit::IoIn(port, _) => Classified::Port(ExitReason::IoIn, *port),
+            VcpuExit::IoOut(port, _) => Classified::Port(ExitReason::IoOut, *port),
+            VcpuExit::MmioRead(addr, _) => Classified::Mmio(ExitReason::MmioRead, *addr),
+            VcpuExit::MmioWrite(addr, _) => Classified::Mmio(ExitReason::MmioWrite, *addr),
+            VcpuExit::Hlt => Classified::Plain(ExitReason::Hlt),
+            VcpuExit::Shutdown => Classified::Plain(ExitReason::Shutdown),
+            VcpuExit::SystemEvent(..) => Classified::Plain(ExitReason::SystemEvent),
+            VcpuExit::FailEntry(..) => Classified::Plain(ExitReason::FailEntry),
+            VcpuExit::InternalError => Classified::Plain(ExitReason::InternalError),
+            VcpuExit::Intr => Classified::Plain(ExitReason::Interrupted),
+            _ => Classified::Plain(ExitReason::Other),
+        }
+    }
+}
+
+/// One vCPU's exit statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    /// The vCPU.
+    pub vcpu: u8,
+    counts: HashMap<&'static str, u64>,
+    ports: HashMap<u16, u64>,
+    mmio: HashMap<u64, u64>,
+    /// Time spent inside KVM_RUN (running the guest, and KVM's own work).
+    pub run_time: Duration,
+    /// Time spent in the VMM handling exits.
+    pub handle_time: Duration,
+}
+
+impl ExitStats {
+    /// Empty statistics for vCPU `vcpu`.
+    pub fn new(vcpu: u8) -> Self {
+        ExitStats { vcpu, ..Default::default() }
+    }
+
+    pub(crate) fn record(&mut self, exit: Classified) {
+        let reason = match exit {
+            Classified::Port(reason, port) => {
+                *self.ports.entry(port).or_default() += 1;
+                reason
+            }
+            Classified::Mmio(reason, addr) => {
+                *self.mmio.entry(addr).or_default() += 1;
+                reason
+            }
+            Classified::Plain(reason) => reason,
+        };
+        *self.counts.entry(reason.name()).or_default() += 1;
+    }
+
+    /// Exits of `reason`.
+    pub fn count(&self, reason: ExitReason) -> u64 {
+        self.counts.get(reason.name()).copied().unwrap_or(0)
+    }
+
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// The ports with the most exits, most first (ties by port).
+    pub fn top_ports(&self) -> Vec<(u16, u64)> {
+        top(&self.ports)
+    }
+
+    /// The MMIO addresses with the most exits, most first.
+    pub fn top_mmio(&self) -> Vec<(u64, u64)> {
+        top(&self.mmio)
+    }
+
+    /// A human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "vCPU {}: {} exits, {:.6} s in KVM_RUN, {:.6} s handling exits\n",
+            self.vcpu,
+            self.total(),
+            self.run_time.as_secs_f64(),
+            self.handle_time.as_secs_f64()
+        );
+        for reason in ExitReason::ALL {
+            let count = self.count(reason);
+            if count > 0 {
+                let _ = writeln!(text, "  {:<15} {count}", reason.name());
+            }
+        }
+        let list =
+            |items: Vec<String>| if items.is_empty() { "none".into() } else { items.join(", ") };
+        let ports = self.top_ports().iter().map(|(p, n)| format!("{p:#x} ({n})")).collect();
+        let mmio = self.top_mmio().iter().map(|(a, n)| format!("{a:#x} ({n})")).collect();
+        let _ = writeln!(text, "  top ports: {}", list(ports));
+        let _ = writeln!(text, "  top MMIO:  {}", list(mmio));
+        text
+    }
+
+    /// A JSON object.
+    pub fn to_json(&self) -> String {
+        let counts: Vec<String> = ExitReason::ALL
+            .iter()
+            .map(|reason| format!("\"{}\": {}", reason.name(), self.count(*reason)))
+            .collect();
+        let ports: Vec<String> = self
+            .top_ports()
+            .iter()
+            .map(|(p, n)| format!("{{\"port\": {p}, \"count\": {n}}}"))
+            .collect();
+        let mmio: Vec<String> = self
+            .top_mmio()
+            .iter()
+            .map(|(a, n)| format!("{{\"address\": {a}, \"count\": {n}}}"))
+            .collect();
+        format!(
+            "{{\"vcpu\": {}, \"total\": {}, \"exits\": {{{}}}, \"top_ports\": [{}], \"top_mmio\": [{}], \
+             \"run_ns\": {}, \"handle_ns\": {}}}",
+            self.vcpu,
+            self.total(),
+            counts.join(", "),
+            ports.join(", "),
+            mmio.join(", "),
+            self.run_time.as_nanos(),
+            self.handle_time.as_nanos()
+        )
+    }
+}
+
+/// All vCPUs' statistics as one JSON document.
+pub fn stats_json(stats: &[ExitStats]) -> String {
+    let vcpus: Vec<String> = stats.iter().map(ExitStats::to_json).collect();
+    format!("{{\"vcpus\": [{}]}}\n", vcpus.join(", "))
+}
+
+fn top<K: Copy + Ord>(counts: &HashMap<K, u64>) -> Vec<(K, u64)> {
+    let mut sorted: Vec<(K, u64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    sorted.truncate(TOP_ADDRESSES);
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ExitStats {
+        let mut stats = ExitStats::new(1);
+        for _ in 0..3 {
+            stats.record(Classified::of(&VcpuExit::IoOut(0x3f8, &[0])));
+        }
+        let mut data = [0u8; 4];
+        stats.record(Classified::of(&VcpuExit::IoIn(0x3fd, &mut data)));
+        stats.record(Classified::of(&VcpuExit::MmioWrite(0xd000_0000, &[1])));
+        stats.record(Classified::of(&VcpuExit::Hlt));
+        stats.run_time = Duration::from_millis(2);
+        stats
+    }
+
+    #[test]
+    fn counts_by_reason_and_address() {
+        let stats = sample();
+        assert_eq!(stats.total(), 6);
+        assert_eq!(stats.count(ExitReason::IoOut), 3);
+        assert_eq!(stats.count(ExitReason::IoIn), 1);
+        assert_eq!(stats.count(ExitReason::Hlt), 1);
+        assert_eq!(stats.top_ports(), vec![(0x3f8, 3), (0x3fd, 1)]);
+        assert_eq!(stats.top_mmio(), vec![(0xd000_0000, 1)]);
+    }
+
+    #[test]
+    fn text_and_json_reports() {
+        let stats = sample();
+        let text = stats.to_text();
+        assert!(text.starts_with("vCPU 1: 6 exits, 0.002000 s in KVM_RUN"), "{text}");
+        assert!(text.contains("  io_out          3\n"), "{text}");
+        assert!(text.contains("top ports: 0x3f8 (3), 0x3fd (1)"), "{text}");
+        let json = stats_json(&[stats]);
+        assert!(json.starts_with(
+            "{\"vcpus\": [{\"vcpu\": 1, \"total\": 6, \"exits\": {\"io_in\": 1, \"io_out\": 3,"
+        ));
+        assert!(json.contains(
+            "\"top_ports\": [{\"port\": 1016, \"count\": 3}, {\"port\": 1021, \"count\": 1}]"
+        ));
+        assert!(json.contains("\"run_ns\": 2000000"));
+    }
+
+    #[test]
+    fn top_lists_are_bounded() {
+        let mut stats = ExitStats::new(0);
+        for port in 0..20u16 {
+            stats.record(Classified::Port(ExitReason::IoOut, port));
+        }
+        assert_eq!(stats.top_ports().len(), TOP_ADDRESSES);
+    }
+}
