@@ -257,3 +257,18 @@ fn cmdline_longer_than_the_kernel_accepts_is_refused() {
         );
     }
 }
+
+#[test]
+fn bzimage_with_absurd_setup_sects_is_refused() {
+    let guest = linux_guest();
+    let image = std::fs::read(guest.file("bzImage")).unwrap();
+    // setup_sects = 255 still fits this image; cut the file so it does not.
+    let mut cut = image[..200 * 512].to_vec();
+    cut[0x1f1] = 255;
+    let path = scratch_file("absurd-bzImage");
+    std::fs::write(&path, cut).unwrap();
+    assert_refused(
+        &["--kernel", path.to_str().unwrap()],
+        "setup_sects 255 puts the kernel past the end of the file",
+    );
+}

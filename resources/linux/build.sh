@@ -92,7 +92,7 @@ buildlog=$work/build.log
 cleanup() {
 	local rc=$?
 	if ((rc != 0)); then
-		if [[ -f $buildlog ]]; then
+		if [[ -s $buildlog ]]; then
 			log "last lines of $buildlog:"
 			tail -n 40 "$buildlog" >&2 || true
 			cp "$buildlog" "$cache_root/linux-$hash.failed.log" 2>/dev/null &&
@@ -117,7 +117,7 @@ src=$work/linux-source-6.1
 
 for p in "${patches[@]}"; do
 	log "applying ${p##*/}"
-	patch -d "$src" -p1 --forward --batch --no-backup-if-mismatch <"$p" >&2 ||
+	patch -d "$src" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch <"$p" >&2 ||
 		die "patch ${p##*/} does not apply"
 done
 

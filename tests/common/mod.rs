@@ -75,6 +75,8 @@ macro_rules! require_kvm {
 pub struct Run {
     /// Process exit status (None if killed by a signal).
     pub status: Option<i32>,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
     /// Everything the guest printed on the serial console (stdout).
     pub stdout: String,
     /// The VMM's own messages.
@@ -141,6 +143,7 @@ pub fn run_command(command: &mut Command, limit: Duration) -> Run {
     };
     Run {
         status: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
     }

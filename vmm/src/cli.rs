@@ -102,6 +102,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
     pub exit_stats: Option<PathBuf>,
 
+    /// Seccomp filters on the VMM's threads while the guest runs (off only
+    /// for debugging).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    pub seccomp: String,
+
     /// Serial console (COM1) output: stdout, file:PATH or none.
     #[arg(long, value_name = "TARGET", default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialTarget,

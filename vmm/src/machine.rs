@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
+use seccompiler::BpfProgram;
 use vm_device::bus::{PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, PioManager};
 use vmm_devices::console::{self, PumpEnd, RawTerminal};
@@ -15,6 +16,7 @@ use vmm_devices::{EventFdTrigger, ExitRequest};
 use vmm_dispatch::{Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json};
 use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
+use vmm_vcpu::seccomp::{self, ThreadKind};
 use vmm_vcpu::{CpuTopology, Vm};
 
 use crate::cli::{Boot, Cli, SerialTarget};
@@ -70,16 +72,69 @@ fn boot_protocol(boot: Boot) -> BootProtocol {
     }
 }
 
+/// The seccomp filters of the run, if on, and the test hook that breaks them.
+#[derive(Clone)]
+struct Sandbox {
+    vcpu: Option<BpfProgram>,
+    vmm: Option<BpfProgram>,
+    /// `VMM_TEST_SECCOMP_VIOLATION=vcpu|main`: make a forbidden system call
+    /// in that thread once its filter is on, to prove the filter works.
+    violation: Option<String>,
+}
+
+impl Sandbox {
+    fn new(enabled: bool) -> anyhow::Result<Sandbox> {
+        let compile = |kind| seccomp::filter(kind).map(Some);
+        Ok(Sandbox {
+            vcpu: if enabled { compile(ThreadKind::Vcpu)? } else { None },
+            vmm: if enabled { compile(ThreadKind::Vmm)? } else { None },
+            violation: std::env::var("VMM_TEST_SECCOMP_VIOLATION").ok(),
+        })
+    }
+
+    /// Installs the filter of `kind` on the calling thread (`name` for the
+    /// test hook and errors).
+    fn enter(&self, kind: ThreadKind, name: &str) -> Result<(), String> {
+        let program = match kind {
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Vmm => &self.vmm,
+        };
+        if let Some(program) = program {
+            seccomp::apply(program).map_err(|err| format!("{name} thread: {err}"))?;
+        }
+        if self.violation.as_deref() == Some(name) {
+            // SAFETY: socket takes no pointers; with the filter on it never returns.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        }
+        Ok(())
+    }
+
+    /// Like `enter`, but a failure ends the run.
+    fn enter_or_stop(&self, kind: ThreadKind, name: &str, control: &RunControl) -> bool {
+        match self.enter(kind, name) {
+            Ok(()) => true,
+            Err(error) => {
+                control.finish(Outcome::VmmError { error });
+                false
+            }
+        }
+    }
+}
+
 /// Feeds host stdin to the guest's UART on its own thread, in raw mode when
 /// stdin is a terminal (Ctrl-A x then leaves).
 fn start_console_input(
     serial: Arc<Serial>,
     control: Arc<RunControl>,
     escape: bool,
+    sandbox: Sandbox,
 ) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
+            if !sandbox.enter_or_stop(ThreadKind::Vmm, "console", &control) {
+                return;
+            }
             let push = |bytes: &[u8]| {
                 serial.lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(bytes)
             };
@@ -142,8 +197,19 @@ impl StatsSink {
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     // Before any other thread exists, so that every thread inherits the mask.
     let control = Arc::new(RunControl::new());
-    vmm_dispatch::stop_on_signals(control.clone(), &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-        .context("cannot set up signal handling")?;
+    let sandbox = Sandbox::new(cli.seccomp == "on")?;
+    let signal_setup = {
+        let (sandbox, control) = (sandbox.clone(), control.clone());
+        move || {
+            sandbox.enter_or_stop(ThreadKind::Vmm, "signals", &control);
+        }
+    };
+    vmm_dispatch::stop_on_signals(
+        control.clone(),
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP],
+        signal_setup,
+    )
+    .context("cannot set up signal handling")?;
 
     // User input first (RAM size, image), so mistakes are reported even
     // where KVM is unusable.
@@ -203,14 +269,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         }
         let (dispatcher, control) = (dispatcher.clone(), control.clone());
         let mut stats = cli.exit_stats.is_some().then(|| ExitStats::new(index));
+        let sandbox = sandbox.clone();
         threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
-            dispatcher.run(vcpu, &control, stats.as_mut());
+            if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {
+                dispatcher.run(vcpu, &control, stats.as_mut());
+            }
             stats
         })?);
     }
 
     let terminal = RawTerminal::enable();
-    start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
+    start_console_input(serial.clone(), control.clone(), terminal.is_some(), sandbox.clone())?;
+    sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control);
 
     let outcome = control.wait();
     for thread in &threads {

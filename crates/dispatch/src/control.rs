@@ -62,8 +62,13 @@ pub fn signal_exit_status(signal: libc::c_int) -> u8 {
 ///
 /// The signals are blocked in the calling thread, and so in every thread it
 /// spawns afterwards: call this before spawning any. A dedicated thread
-/// waits for them with `sigwait`, so no work happens in a signal handler.
-pub fn stop_on_signals(control: Arc<RunControl>, signals: &[libc::c_int]) -> std::io::Result<()> {
+/// waits for them with `sigwait`, so no work happens in a signal handler;
+/// it first runs `thread_setup` (e.g. to install its seccomp filter).
+pub fn stop_on_signals(
+    control: Arc<RunControl>,
+    signals: &[libc::c_int],
+    thread_setup: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t.
@@ -80,25 +85,30 @@ pub fn stop_on_signals(control: Arc<RunControl>, signals: &[libc::c_int]) -> std
         return Err(std::io::Error::from_raw_os_error(blocked));
     }
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        loop {
-            let mut signal: libc::c_int = 0;
-            // SAFETY: `set` holds signals blocked in this thread; `signal` is writable.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                continue;
-            }
-            let name = match signal {
-                libc::SIGINT => "SIGINT",
-                libc::SIGTERM => "SIGTERM",
-                libc::SIGHUP => "SIGHUP",
-                _ => "a signal",
-            };
-            control.finish(Outcome::Stopped {
-                reason: format!("received {name}"),
-                status: signal_exit_status(signal),
-            });
-        }
+        thread_setup();
+        wait_for_signals(&set, &control)
     })?;
     Ok(())
+}
+
+fn wait_for_signals(set: &libc::sigset_t, control: &RunControl) -> ! {
+    loop {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: `set` holds signals blocked in this thread; `signal` is writable.
+        if unsafe { libc::sigwait(set, &mut signal) } != 0 {
+            continue;
+        }
+        let name = match signal {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGHUP => "SIGHUP",
+            _ => "a signal",
+        };
+        control.finish(Outcome::Stopped {
+            reason: format!("received {name}"),
+            status: signal_exit_status(signal),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,12 @@ pub enum Outcome {
         /// The error.
         error: String,
     },
+    /// The VMM failed while the guest ran (e.g. a thread could not be
+    /// sandboxed).
+    VmmError {
+        /// What failed.
+        error: String,
+    },
     /// The VMM was asked to stop (e.g. by a signal).
     Stopped {
         /// The reason, for the report.
@@ -116,7 +122,7 @@ impl Outcome {
             Outcome::FailEntry { .. } => EXIT_FAIL_ENTRY,
             Outcome::GuestCrash { .. } => EXIT_GUEST_CRASH,
             Outcome::UnknownSystemEvent { .. } | Outcome::Unhandled { .. } => EXIT_UNHANDLED,
-            Outcome::RunFailed { .. } => EXIT_VMM_ERROR,
+            Outcome::RunFailed { .. } | Outcome::VmmError { .. } => EXIT_VMM_ERROR,
             Outcome::Stopped { status, .. } => *status,
         }
     }
@@ -208,6 +214,7 @@ impl fmt::Display for Outcome {
             Outcome::RunFailed { vcpu, error } => {
                 write!(f, "KVM_RUN failed on vCPU {vcpu}: {error}")
             }
+            Outcome::VmmError { error } => write!(f, "error: {error}"),
             Outcome::Stopped { reason, .. } => write!(f, "stopped: {reason}"),
         }
     }

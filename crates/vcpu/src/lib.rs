@@ -25,6 +25,7 @@ mod cpuid;
 pub mod kvm;
 pub mod modes;
 mod platform;
+pub mod seccomp;
 pub mod thread;
 mod vcpu;
 mod vm;
@@ -72,6 +73,9 @@ pub enum Error {
     /// Installing the kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    /// Building or installing a seccomp filter failed.
+    #[error("seccomp filter: {0} (--seccomp off runs without filters)")]
+    Seccomp(String),
     /// Spawning a vCPU thread failed.
     #[error("cannot spawn the vCPU thread: {0}")]
     Spawn(std::io::Error),

@@ -1,0 +1,187 @@
+//! Seccomp filters: once the guest runs, each VMM thread may make only the
+//! system calls its work needs; any other call kills the process (SIGSYS),
+//! so a guest that took over a device emulation could not open files,
+//! sockets or processes.
+//!
+//! Two kinds of thread: vCPU threads (KVM_RUN and the few vCPU ioctls the
+//! exit path uses, writes of device output, memory allocation, locking) and
+//! the VMM's other threads (main, console input, signals: reading stdin,
+//! terminal modes, kicking and joining vCPU threads, writing output).
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::{Error, Result};
+
+/// The kinds of thread that get their own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// A thread running KVM_RUN for one vCPU.
+    Vcpu,
+    /// The main thread, the console input thread and the signal thread.
+    Vmm,
+}
+
+const KVMIO: u64 = 0xae;
+const IOC_READ: u64 = 2;
+const IOC_WRITE: u64 = 1;
+
+/// The Linux `_IOC` encoding of an ioctl request.
+const fn ioc(direction: u64, nr: u64, size: usize) -> u64 {
+    (direction << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+
+/// KVM_RUN: `_IO(KVMIO, 0x80)`.
+pub const KVM_RUN: u64 = ioc(0, 0x80, 0);
+/// KVM_GET_REGS: `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+pub const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, std::mem::size_of::<kvm_regs>());
+/// KVM_GET_SREGS: `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs>());
+/// KVM_TRANSLATE: `_IOWR(KVMIO, 0x85, struct kvm_translation)`.
+pub const KVM_TRANSLATE: u64 =
+    ioc(IOC_READ | IOC_WRITE, 0x85, std::mem::size_of::<kvm_translation>());
+
+/// System calls every VMM thread may make: output, locking, memory
+/// allocation, signal return, thread exit.
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_write,
+    libc::SYS_futex,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_close,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Extra system calls of the non-vCPU threads.
+const VMM_ONLY: &[libc::c_long] =
+    &[libc::SYS_read, libc::SYS_rt_sigtimedwait, libc::SYS_tgkill, libc::SYS_fsync];
+
+fn arg1_rule(value: u64) -> Result<SeccompRule> {
+    ioctl_rule(value)
+}
+
+fn ioctl_rule(request: u64) -> Result<SeccompRule> {
+    let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+        .map_err(seccomp_error)?;
+    SeccompRule::new(vec![condition]).map_err(seccomp_error)
+}
+
+fn seccomp_error(err: impl std::fmt::Display) -> Error {
+    Error::Seccomp(err.to_string())
+}
+
+/// The ioctl requests a thread kind may make.
+pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
+    match kind {
+        ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
+        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS],
+    }
+}
+
+/// The system calls a thread kind may make without conditions.
+pub fn allowed_syscalls(kind: ThreadKind) -> Vec<libc::c_long> {
+    let mut calls = COMMON.to_vec();
+    if kind == ThreadKind::Vmm {
+        calls.extend_from_slice(VMM_ONLY);
+    }
+    calls
+}
+
+/// Compiles the filter for a thread kind. A call outside it kills the
+/// process.
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed_syscalls(kind).into_iter().map(|call| (call, Vec::new())).collect();
+    let ioctls = allowed_ioctls(kind).into_iter().map(arg1_rule).collect::<Result<Vec<_>>>()?;
+    rules.insert(libc::SYS_ioctl, ioctls);
+    // fcntl(fd, F_GETFD) only: the standard library checks a descriptor is
+    // open before closing it (in debug builds).
+    rules.insert(libc::SYS_fcntl, vec![arg1_rule(libc::F_GETFD as u64)?]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(seccomp_error)?;
+    filter.try_into().map_err(seccomp_error)
+}
+
+/// Installs `program` on the calling thread (and the threads it creates
+/// from now on).
+pub fn apply(program: &BpfProgram) -> Result<()> {
+    seccompiler::apply_filter(program).map_err(seccomp_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_ioctl_numbers_match_linux() {
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
+    }
+
+    #[test]
+    fn vcpu_threads_may_not_read_or_signal() {
+        let calls = allowed_syscalls(ThreadKind::Vcpu);
+        assert!(calls.contains(&libc::SYS_write));
+        assert!(!calls.contains(&libc::SYS_read));
+        assert!(!calls.contains(&libc::SYS_tgkill));
+        assert!(!calls.contains(&libc::SYS_openat));
+        assert!(!allowed_syscalls(ThreadKind::Vmm).contains(&libc::SYS_socket));
+        assert!(!allowed_ioctls(ThreadKind::Vmm).contains(&KVM_RUN));
+    }
+
+    #[test]
+    fn filters_compile() {
+        assert!(!filter(ThreadKind::Vcpu).unwrap().is_empty());
+        assert!(!filter(ThreadKind::Vmm).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_forbidden_call_kills_the_process() {
+        // In a child process, so the test process survives; the filter is
+        // compiled before the fork so the child does not allocate.
+        let program = filter(ThreadKind::Vcpu).unwrap();
+        // SAFETY: fork in a test; the child only makes system calls and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            if apply(&program).is_err() {
+                // SAFETY: _exit ends the child at once.
+                unsafe { libc::_exit(2) };
+            }
+            // SAFETY: socket has no memory arguments; the filter stops it.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            // SAFETY: _exit ends the child without running the test harness's code.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: `child` is our child; `status` is writable.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+}
