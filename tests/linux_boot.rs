@@ -272,3 +272,30 @@ fn bzimage_with_absurd_setup_sects_is_refused() {
         "setup_sects 255 puts the kernel past the end of the file",
     );
 }
+
+#[test]
+fn reboot_through_the_i8042_ends_the_vmm_cleanly() {
+    require_kvm!();
+    let guest = linux_guest();
+    let cmdline = guest.cmdline.replace("reboot=t", "reboot=k");
+    assert_ne!(cmdline, guest.cmdline, "the recipe's command line no longer says reboot=t");
+    let (kernel, initrd) = (guest.file("vmlinux"), guest.file("initrd-tiny.cpio"));
+    let run = run_vmm_with_limit(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "256",
+            "--log-level",
+            "info",
+        ],
+        BOOT_LIMIT,
+    );
+    run.assert_status(0);
+    assert!(run.stdout.contains("VMM-TEST-INIT: hello from init"), "{}", run.stdout);
+    assert!(run.stderr.contains("guest reset through a device"), "{}", run.stderr);
+}
