@@ -135,6 +135,7 @@ impl Outcome {
                 | Outcome::Reset { .. }
                 | Outcome::PowerOff { .. }
                 | Outcome::DebugExit { .. }
+                | Outcome::Stopped { status: 0, .. }
         )
     }
 }
