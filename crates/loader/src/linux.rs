@@ -234,6 +234,21 @@ pub(crate) fn load_bzimage(
     Ok(LinuxImage { entry: load + BZIMAGE_64BIT_ENTRY_OFFSET, ranges })
 }
 
+/// Checks a vmlinux's command line and loads its initrd: an ELF kernel
+/// states no limits of its own, so x86's defaults apply.
+fn vmlinux_cmdline_and_initrd(
+    ram: &GuestRam,
+    kernel_end: u64,
+    cmdline: &str,
+    initrd: Option<&Path>,
+) -> Result<(Cmdline, Option<(u64, u64)>)> {
+    let cmdline = checked_cmdline(cmdline, VMLINUX_CMDLINE_MAX - 1)?;
+    let initrd = initrd
+        .map(|path| load_initrd(ram, path, kernel_end, DEFAULT_INITRD_ADDR_MAX))
+        .transpose()?;
+    Ok((cmdline, initrd))
+}
+
 /// Boots an already loaded vmlinux ELF through the 64-bit protocol.
 pub(crate) fn setup_vmlinux(
     ram: &GuestRam,
@@ -241,10 +256,7 @@ pub(crate) fn setup_vmlinux(
     cmdline: &str,
     initrd: Option<&Path>,
 ) -> Result<Vec<(u64, u64)>> {
-    let cmdline = checked_cmdline(cmdline, VMLINUX_CMDLINE_MAX - 1)?;
-    let initrd = initrd
-        .map(|path| load_initrd(ram, path, kernel_end, DEFAULT_INITRD_ADDR_MAX))
-        .transpose()?;
+    let (cmdline, initrd) = vmlinux_cmdline_and_initrd(ram, kernel_end, cmdline, initrd)?;
     write_zero_page(ram, setup_header::default(), &cmdline, initrd)?;
     Ok(initrd.into_iter().collect())
 }
@@ -257,10 +269,7 @@ pub(crate) fn setup_pvh(
     cmdline: &str,
     initrd: Option<&Path>,
 ) -> Result<Vec<(u64, u64)>> {
-    let cmdline = checked_cmdline(cmdline, VMLINUX_CMDLINE_MAX - 1)?;
-    let initrd = initrd
-        .map(|path| load_initrd(ram, path, kernel_end, DEFAULT_INITRD_ADDR_MAX))
-        .transpose()?;
+    let (cmdline, initrd) = vmlinux_cmdline_and_initrd(ram, kernel_end, cmdline, initrd)?;
     load_cmdline(ram.memory(), GuestAddress(layout::CMDLINE_START), &cmdline)?;
     let memmap: Vec<hvm_memmap_table_entry> = e820_table(ram)
         .into_iter()
