@@ -38,8 +38,10 @@ fn parse_number(value: &str) -> Result<u64, String> {
 /// How to boot the image, as given on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Boot {
-    /// From the image: PVH if the ELF has the note, the Linux 64-bit
-    /// protocol for a bzImage or a vmlinux without it, else bare.
+    /// From the image: multiboot if it has a multiboot header (an ELF64
+    /// only with the a.out kludge and no Linux note), PVH if the ELF has the
+    /// note, the Linux 64-bit protocol for a bzImage or a vmlinux without
+    /// it, else bare.
     Auto,
     /// No boot protocol (raw images in real mode, ELF in long mode).
     Bare,
@@ -47,10 +49,12 @@ pub enum Boot {
     Pvh,
     /// The Linux 64-bit boot protocol (bzImage, or a vmlinux ELF).
     Linux64,
+    /// Multiboot v1 (an image with a multiboot header).
+    Multiboot,
 }
 
-/// Runs a guest image (raw real-mode binary, 64-bit ELF, or a Linux
-/// vmlinux or bzImage) under KVM.
+/// Runs a guest image (raw real-mode binary, 64-bit ELF, a Linux vmlinux or
+/// bzImage, or a multiboot kernel) under KVM.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
@@ -74,11 +78,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Boot::Auto)]
     pub boot: Boot,
 
-    /// Kernel command line (Linux boots) [default: "console=ttyS0 reboot=k panic=1"].
+    /// Kernel command line (Linux and multiboot boots) [default: Linux
+    /// "console=ttyS0 reboot=k panic=1", multiboot empty].
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
 
-    /// Initial RAM disk (Linux boots).
+    /// Initial RAM disk (Linux boots), or module 0 (multiboot).
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
 

@@ -10,6 +10,7 @@ use vm_device::bus::{PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, PioManager};
 use vmm_devices::console::{self, PumpEnd, RawTerminal};
 use vmm_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
+use vmm_devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg};
 use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialPort};
 use vmm_devices::{EventFdTrigger, ExitRequest};
@@ -47,8 +48,14 @@ fn serial_output(target: &SerialTarget) -> anyhow::Result<Box<dyn Write + Send>>
     })
 }
 
-/// The legacy devices on the port I/O bus.
-fn build_bus(serial: Arc<Serial>, control: &Arc<RunControl>) -> anyhow::Result<IoManager> {
+/// The legacy devices on the port I/O bus; fw_cfg tells the guest the RAM
+/// size and CPU count.
+fn build_bus(
+    serial: Arc<Serial>,
+    control: &Arc<RunControl>,
+    ram_size: u64,
+    cpus: u8,
+) -> anyhow::Result<IoManager> {
     let mut bus = IoManager::new();
     bus.register_pio(PioRange::new(PioAddress(COM1_PORT), SERIAL_PORT_LEN)?, serial)
         .context("cannot register the serial port")?;
@@ -60,6 +67,9 @@ fn build_bus(serial: Arc<Serial>, control: &Arc<RunControl>) -> anyhow::Result<I
         bus.register_pio(PioRange::new(PioAddress(port), 1)?, i8042.clone())
             .context("cannot register the i8042 controller")?;
     }
+    let fw_cfg = Arc::new(Mutex::new(FwCfg::new(ram_size, u16::from(cpus))));
+    bus.register_pio(PioRange::new(PioAddress(FW_CFG_PORT), FW_CFG_PORT_LEN)?, fw_cfg)
+        .context("cannot register fw_cfg")?;
     Ok(bus)
 }
 
@@ -69,6 +79,7 @@ fn boot_protocol(boot: Boot) -> BootProtocol {
         Boot::Bare => BootProtocol::Bare,
         Boot::Pvh => BootProtocol::Pvh,
         Boot::Linux64 => BootProtocol::Linux64,
+        Boot::Multiboot => BootProtocol::Multiboot,
     }
 }
 
@@ -222,15 +233,15 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         initrd: cli.initrd.clone(),
     };
     let image = vmm_loader::load_image(&ram, &cli.kernel, &options)?;
-    let linux = image.protocol.is_linux();
-    let irqchip = linux || cli.irqchip;
+    let pc = image.protocol.wants_pc_machine();
+    let irqchip = pc || cli.irqchip;
     if cli.cpus > 1 && !irqchip {
         bail!(
-            "--cpus {} needs the in-kernel irqchip: boot a Linux kernel or add --irqchip",
+            "--cpus {} needs the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip",
             cli.cpus
         );
     }
-    if linux {
+    if pc {
         mptable::write(&ram, cli.cpus)?;
     }
 
@@ -239,6 +250,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     if usize::from(cli.cpus) > max_cpus {
         bail!("--cpus {} is more than KVM allows here ({max_cpus})", cli.cpus);
     }
+    let ram_size = ram.size_bytes();
     let vm = Vm::new(&kvm, ram)?;
     if irqchip {
         vm.create_irqchip()?;
@@ -252,10 +264,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             .context("cannot connect the serial port's interrupt (KVM_IRQFD)")?;
     }
     let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
-    let dispatcher = Arc::new(Dispatcher::new(Arc::new(build_bus(serial.clone(), &control)?)));
+    let bus = build_bus(serial.clone(), &control, ram_size, cli.cpus)?;
+    let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)));
 
     let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
-    let mut threads = Vec::new();
+    // Every vCPU exists and is set up before any runs: a guest may send
+    // INIT/SIPI to the others as soon as it starts, and an IPI to a vCPU
+    // not created yet is lost.
+    let mut vcpus = Vec::new();
     for index in 0..cli.cpus {
         let mut vcpu = vm.create_vcpu(&kvm, index, topology)?;
         vcpu.setup_platform(irqchip)?;
@@ -263,12 +279,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         if index == 0 {
             match image.entry {
                 EntryPoint::RealMode { segment, ip } => vcpu.setup_real_mode(segment, ip)?,
-                EntryPoint::ProtectedMode { eip, ebx } => vcpu.setup_protected_mode(eip, ebx)?,
+                EntryPoint::ProtectedMode { eip, ebx, eax } => {
+                    vcpu.setup_protected_mode(eip, ebx, eax)?
+                }
                 EntryPoint::LongMode { rip, rsi } => vcpu.setup_long_mode(rip, rsi)?,
             }
         }
+        vcpus.push(vcpu);
+    }
+    let mut threads = Vec::new();
+    for vcpu in vcpus {
         let (dispatcher, control) = (dispatcher.clone(), control.clone());
-        let mut stats = cli.exit_stats.is_some().then(|| ExitStats::new(index));
+        let mut stats = cli.exit_stats.is_some().then(|| ExitStats::new(vcpu.index()));
         let sandbox = sandbox.clone();
         threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
             if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {

@@ -22,6 +22,7 @@
 
 pub mod console;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod serial;
 

@@ -20,17 +20,17 @@ const ELFDATA2LSB: u8 = 1;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 
-fn u16_at(bytes: &[u8], offset: usize) -> u16 {
+pub(crate) fn u16_at(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
 }
 
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+pub(crate) fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&bytes[offset..offset + 4]);
     u32::from_le_bytes(word)
 }
 
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+pub(crate) fn u64_at(bytes: &[u8], offset: usize) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[offset..offset + 8]);
     u64::from_le_bytes(word)
@@ -185,8 +185,8 @@ impl ElfImage {
     }
 }
 
-/// Whether any PT_NOTE segment holds a note named `wanted`.
-fn has_note_named(image: &[u8], header: &Header, wanted: &[u8]) -> bool {
+/// Whether any PT_NOTE segment holds a note with one of the names `wanted`.
+pub(crate) fn has_note_named(image: &[u8], header: &Header, wanted: &[&[u8]]) -> bool {
     const PT_NOTE: u32 = 4;
     let align4 = |n: usize| n.div_ceil(4) * 4;
     (0..usize::from(header.phnum)).any(|index| {
@@ -207,7 +207,7 @@ fn has_note_named(image: &[u8], header: &Header, wanted: &[u8]) -> bool {
             let namesz = u32_at(notes, pos) as usize;
             let descsz = u32_at(notes, pos + 4) as usize;
             let name = notes.get(pos + 12..pos + 12 + namesz);
-            if name.is_some_and(|name| name.strip_suffix(b"\0").unwrap_or(name) == wanted) {
+            if name.is_some_and(|name| wanted.contains(&name.strip_suffix(b"\0").unwrap_or(name))) {
                 return true;
             }
             pos += 12 + align4(namesz) + align4(descsz);
@@ -247,7 +247,7 @@ pub(crate) fn load(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Resul
     Ok(ElfImage {
         entry,
         pvh_entry,
-        linux_note: has_note_named(image, &header, b"Linux"),
+        linux_note: has_note_named(image, &header, &[b"Linux"]),
         ranges: segments.iter().map(|s| (s.paddr, s.memsz)).collect(),
     })
 }

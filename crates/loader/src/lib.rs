@@ -13,7 +13,11 @@
 //!     page) when they are a vmlinux without that note (a "Linux" ELF note),
 //!   - otherwise **bare**, in 64-bit long mode at their entry point;
 //! - **bzImage** kernels are loaded by linux-loader and started at their
-//!   64-bit entry with a zero page built from their setup header.
+//!   64-bit entry with a zero page built from their setup header;
+//! - **multiboot** v1 kernels (a header with magic 0x1BADB002 in the first
+//!   8192 bytes: ELF32 i386 images, or any image through the a.out kludge)
+//!   are started in 32-bit protected mode with EAX = 0x2BADB002 and EBX =
+//!   the multiboot information ([`multiboot`]).
 //!
 //! Linux boots take a command line and an initrd; [`mptable`] describes the
 //! CPUs to a guest without ACPI.
@@ -36,6 +40,7 @@ mod elf;
 mod format;
 mod linux;
 pub mod mptable;
+pub mod multiboot;
 mod raw;
 
 use std::path::{Path, PathBuf};
@@ -179,6 +184,58 @@ pub enum Error {
     /// Writing boot parameters failed.
     #[error("writing the boot parameters failed: {0}")]
     BootParams(String),
+    /// A multiboot header's checksum is wrong.
+    #[error(
+        "bad multiboot header checksum at offset {offset:#x}: {checksum:#010x}, expected \
+         {expected:#010x} (magic + flags + checksum must be 0)"
+    )]
+    BadMultibootChecksum {
+        /// The header's offset in the file.
+        offset: usize,
+        /// The checksum in the header.
+        checksum: u32,
+        /// The checksum that would be right.
+        expected: u32,
+    },
+    /// A multiboot header or image cannot be booted.
+    #[error("invalid multiboot image: {0}")]
+    InvalidMultiboot(String),
+    /// The range a multiboot header's a.out kludge loads cannot be placed.
+    #[error("the multiboot a.out kludge range ({size:#x} bytes at physical {addr:#x}) {reason}")]
+    BadLoadRange {
+        /// Physical load address.
+        addr: u64,
+        /// Size in memory, BSS included.
+        size: u64,
+        /// Why it cannot be loaded.
+        reason: String,
+    },
+    /// The multiboot module does not fit between the kernel and the end of RAM.
+    #[error(
+        "multiboot module {path} ({size} bytes) does not fit in guest RAM between {from:#x} \
+         and {to:#x}; give more --memory"
+    )]
+    ModuleDoesNotFit {
+        /// The module's path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Lowest usable address (end of the kernel, page-aligned).
+        from: u64,
+        /// End of RAM below 4 GiB.
+        to: u64,
+    },
+    /// The command line and module name overflow the multiboot information area.
+    #[error(
+        "the multiboot command line, module name and boot loader name need {needed} bytes, \
+         more than the {room} bytes the multiboot information area has for them"
+    )]
+    MultibootInfoTooLarge {
+        /// Bytes of strings, NULs included.
+        needed: u64,
+        /// Room for them.
+        room: u64,
+    },
     /// The MP table cannot be built.
     #[error("cannot build the MP table: {0}")]
     MpTable(String),
@@ -205,6 +262,8 @@ pub enum BootProtocol {
     Pvh,
     /// The Linux 64-bit boot protocol with a zero page.
     Linux64,
+    /// Multiboot v1: 32-bit protected mode with the multiboot information.
+    Multiboot,
 }
 
 impl BootProtocol {
@@ -215,12 +274,19 @@ impl BootProtocol {
             BootProtocol::Bare => "bare",
             BootProtocol::Pvh => "PVH",
             BootProtocol::Linux64 => "the Linux 64-bit boot protocol",
+            BootProtocol::Multiboot => "multiboot",
         }
     }
 
-    /// True for the protocols that boot Linux (and want a full PC machine).
+    /// True for the protocols that boot Linux.
     pub fn is_linux(self) -> bool {
         matches!(self, BootProtocol::Pvh | BootProtocol::Linux64)
+    }
+
+    /// True for the protocols whose kernels expect a PC: interrupt
+    /// controllers, an MP table, firmware-initialised CPUs.
+    pub fn wants_pc_machine(self) -> bool {
+        matches!(self, BootProtocol::Pvh | BootProtocol::Linux64 | BootProtocol::Multiboot)
     }
 }
 
@@ -234,9 +300,10 @@ pub struct LoadOptions {
     pub entry: Option<u64>,
     /// The boot protocol; [`BootProtocol::Auto`] chooses from the image.
     pub boot: BootProtocol,
-    /// Kernel command line (Linux boots; default [`DEFAULT_CMDLINE`]).
+    /// Kernel command line (Linux boots: default [`DEFAULT_CMDLINE`];
+    /// multiboot: default empty).
     pub cmdline: Option<String>,
-    /// Initial RAM disk (Linux boots).
+    /// Initial RAM disk (Linux boots), or module 0 (multiboot).
     pub initrd: Option<PathBuf>,
 }
 
@@ -251,12 +318,15 @@ pub enum EntryPoint {
         ip: u16,
     },
     /// 32-bit protected mode, paging off, flat segments, at `eip` with
-    /// `ebx` set (PVH: the `hvm_start_info` address).
+    /// `ebx` and `eax` set (PVH: the `hvm_start_info` address and 0;
+    /// multiboot: the multiboot information and 0x2BADB002).
     ProtectedMode {
         /// Entry address.
         eip: u32,
         /// Value for EBX.
         ebx: u32,
+        /// Value for EAX.
+        eax: u32,
     },
     /// 64-bit long mode (identity-mapped paging) at `rip`, with `rsi` set
     /// (Linux 64-bit protocol: the zero page; bare: 0).
@@ -291,6 +361,12 @@ pub fn load_image(ram: &GuestRam, path: &Path, options: &LoadOptions) -> Result<
 pub fn load_bytes(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<LoadedImage> {
     let format = ImageFormat::detect(image);
     log::info!("image format: {}, {} bytes", format.name(), image.len());
+    // Before the ELF64 checks, which refuse the ELF32 a multiboot kernel is.
+    if let Some(header) = multiboot::select(image, format, options.boot)? {
+        let loaded = multiboot::load(ram, image, format, &header, options)?;
+        log::info!("boot protocol: {}", loaded.protocol.name());
+        return Ok(loaded);
+    }
     if format != ImageFormat::Raw && options.load_addr.is_some() {
         return Err(Error::OptionNotForFormat { option: "--load-addr", format: format.name() });
     }
@@ -372,7 +448,7 @@ fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<Loade
                 reason: "a PVH entry must lie below 4 GiB",
             })?;
             elf.ranges.extend(linux::setup_pvh(ram, elf.end(), cmdline, initrd)?);
-            EntryPoint::ProtectedMode { eip, ebx: layout::PVH_INFO_START as u32 }
+            EntryPoint::ProtectedMode { eip, ebx: layout::PVH_INFO_START as u32, eax: 0 }
         }
         BootProtocol::Linux64 => {
             elf.ranges.extend(linux::setup_vmlinux(ram, elf.end(), cmdline, initrd)?);

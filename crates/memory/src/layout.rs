@@ -26,6 +26,24 @@ pub const PVH_MODLIST_START: u64 = 0x6800;
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer for 64-bit entry (grows down, below the page tables).
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// The multiboot information structure (Multiboot Specification 0.6.96,
+/// section 3.3), followed by its memory map, module list and strings, all in
+/// the page [`MULTIBOOT_INFO_START`]..[`MULTIBOOT_AREA_END`]. That page lies
+/// below [`BOOT_AREA_END`], so no image (whose segments must load at or above
+/// it) can overlap it; it is clear of page 0 (IVT, BDA), the GDT/IDT, the PVH
+/// and zero-page structures and the page tables at [`PML4_START`]; the
+/// 64-bit boot stack that ends at [`BOOT_STACK_POINTER`] shares it, but a
+/// multiboot kernel starts in 32-bit mode without a VMM stack, so never both.
+pub const MULTIBOOT_INFO_START: u64 = 0x8000;
+/// The multiboot memory map (entries of 24 bytes, after the 88-byte info).
+pub const MULTIBOOT_MMAP_START: u64 = 0x8080;
+/// The multiboot module list (16 bytes per module).
+pub const MULTIBOOT_MODS_START: u64 = 0x8180;
+/// The strings of the multiboot information (boot loader name, module
+/// names, command line), up to [`MULTIBOOT_AREA_END`].
+pub const MULTIBOOT_STRINGS_START: u64 = 0x8200;
+/// End (exclusive) of the multiboot information area.
+pub const MULTIBOOT_AREA_END: u64 = PML4_START;
 /// Level-4 page map of the identity page tables.
 pub const PML4_START: u64 = 0x9000;
 /// Page-directory-pointer table of the identity page tables.

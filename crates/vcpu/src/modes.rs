@@ -118,11 +118,13 @@ pub fn protected_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.efer = 0;
 }
 
-/// General registers for 32-bit entry at `eip` with `ebx` set.
-pub fn protected_mode_regs(eip: u32, ebx: u32) -> kvm_regs {
+/// General registers for 32-bit entry at `eip` with `ebx` and `eax` set
+/// (PVH: start info and 0; multiboot: information and 0x2BADB002).
+pub fn protected_mode_regs(eip: u32, ebx: u32, eax: u32) -> kvm_regs {
     kvm_regs {
         rip: u64::from(eip),
         rbx: u64::from(ebx),
+        rax: u64::from(eax),
         rflags: RFLAGS_RESERVED,
         ..Default::default()
     }
@@ -229,8 +231,9 @@ mod tests {
         assert_eq!((sregs.cs.selector, sregs.cs.db, sregs.cs.l), (CODE32_SELECTOR, 1, 0));
         assert_eq!((sregs.cs.base, sregs.cs.limit, sregs.cs.g), (0, 0xffff_ffff, 1));
         assert_eq!(sregs.ds.selector, DATA_SELECTOR);
-        let regs = protected_mode_regs(0x100_0000, 0x6000);
+        let regs = protected_mode_regs(0x100_0000, 0x6000, 0x2bad_b002);
         assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0000, 0x6000, 2));
+        assert_eq!(regs.rax, 0x2bad_b002);
     }
 
     #[test]

@@ -73,13 +73,15 @@ impl Vcpu {
     }
 
     /// Starts the vCPU in 32-bit protected mode (paging off, flat segments)
-    /// at `eip` with `ebx` set, writing the GDT into guest memory.
-    pub fn setup_protected_mode(&mut self, eip: u32, ebx: u32) -> Result<()> {
+    /// at `eip` with `ebx` and `eax` set, writing the GDT into guest memory.
+    pub fn setup_protected_mode(&mut self, eip: u32, ebx: u32, eax: u32) -> Result<()> {
         modes::write_descriptor_tables(&self.memory)?;
         let mut sregs = self.fd.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
         modes::protected_mode_sregs(&mut sregs);
         self.fd.set_sregs(&sregs).map_err(kvm_error("KVM_SET_SREGS"))?;
-        self.fd.set_regs(&modes::protected_mode_regs(eip, ebx)).map_err(kvm_error("KVM_SET_REGS"))
+        self.fd
+            .set_regs(&modes::protected_mode_regs(eip, ebx, eax))
+            .map_err(kvm_error("KVM_SET_REGS"))
     }
 
     /// Gives the vCPU the state a PC firmware leaves for an operating
