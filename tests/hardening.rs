@@ -223,7 +223,21 @@ const HOSTILE_IMAGES: &[HostileImage] = &[
         base: "hello_long.elf",
         patch: |i| put(i, PH0 + 24, &0x9000u64.to_le_bytes()),
         memory: "128",
-        error: "overlaps the boot page tables",
+        error: "overlaps the VMM's boot structures",
+    },
+    HostileImage {
+        name: "segment over the kernel command line",
+        base: "hello_long.elf",
+        patch: |i| put(i, PH0 + 24, &0x2_0000u64.to_le_bytes()),
+        memory: "128",
+        error: "overlaps the kernel command line at 0x20000-0x30000",
+    },
+    HostileImage {
+        name: "segment over the MP table",
+        base: "hello_long.elf",
+        patch: |i| put(i, PH0 + 24, &0x9_fc00u64.to_le_bytes()),
+        memory: "128",
+        error: "overlaps the EBDA and BIOS area (MP table)",
     },
     HostileImage {
         name: "two overlapping segments",

@@ -39,6 +39,8 @@ const PORT_TEST_OK: u8 = 0x00;
 const OUTPUT_PORT_RESET_LINE: u8 = 0x01;
 /// Output port as firmware leaves it: reset line high, A20 enabled.
 const OUTPUT_PORT_DEFAULT: u8 = 0x03;
+/// Answers kept for the guest at most (Linux's i8042_flush() drains 16).
+const OUTPUT_BUFFER_MAX: usize = 16;
 /// Controller configuration as firmware leaves it: system flag set.
 const CONFIG_DEFAULT: u8 = 0x04;
 
@@ -85,15 +87,23 @@ impl<R: ExitRequest> I8042<R> {
         status
     }
 
+    /// Queues an answer for the guest. A guest that never reads them gets
+    /// the first few only: the VMM's memory stays bounded.
+    fn answer(&mut self, byte: u8) {
+        if self.output.len() < OUTPUT_BUFFER_MAX {
+            self.output.push_back(byte);
+        }
+    }
+
     fn command(&mut self, command: u8) {
         self.last_was_command = true;
         self.pending = Pending::Nothing;
         match command {
-            CMD_READ_CONFIG => self.output.push_back(self.config),
+            CMD_READ_CONFIG => self.answer(self.config),
             CMD_WRITE_CONFIG => self.pending = Pending::Config,
-            CMD_SELF_TEST => self.output.push_back(SELF_TEST_OK),
-            CMD_TEST_KEYBOARD | CMD_TEST_AUX => self.output.push_back(PORT_TEST_OK),
-            CMD_READ_OUTPUT_PORT => self.output.push_back(self.output_port),
+            CMD_SELF_TEST => self.answer(SELF_TEST_OK),
+            CMD_TEST_KEYBOARD | CMD_TEST_AUX => self.answer(PORT_TEST_OK),
+            CMD_READ_OUTPUT_PORT => self.answer(self.output_port),
             CMD_WRITE_OUTPUT_PORT => self.pending = Pending::OutputPort,
             CMD_PULSE_RESET => self.request.reset(),
             CMD_DISABLE_AUX | CMD_ENABLE_AUX | CMD_DISABLE_KEYBOARD | CMD_ENABLE_KEYBOARD => {}

@@ -11,7 +11,7 @@ use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::{Error, GuestRam, LoadOptions, Result, layout};
+use crate::{Error, GuestRam, LoadOptions, Result};
 
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
@@ -146,11 +146,8 @@ pub(crate) fn loadable_segments(
         if !ram.contains_range(segment.paddr, segment.memsz) {
             return Err(bad(format!("does not fit in guest RAM ({} bytes)", ram.size_bytes())));
         }
-        if segment.paddr < layout::BOOT_AREA_END {
-            return Err(bad(format!(
-                "overlaps the boot page tables and GDT below {:#x}",
-                layout::BOOT_AREA_END
-            )));
+        if let Some(overlap) = crate::boot_data_overlap(segment.paddr, segment.memsz) {
+            return Err(bad(overlap));
         }
         if let Some(other) = segments.iter().find(|other| {
             segment.paddr < other.paddr + other.memsz && other.paddr < segment.paddr + segment.memsz
@@ -377,6 +374,6 @@ pub(crate) mod tests {
         let ram = GuestRam::new(2).unwrap();
         let image = tiny_elf(0x9000, &[0xf4], 0);
         let err = load(&ram, &image, &LoadOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("page tables"), "{err}");
+        assert!(err.to_string().contains("overlaps the VMM's boot structures"), "{err}");
     }
 }

@@ -443,6 +443,9 @@ fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<Loade
     let entry = match protocol {
         BootProtocol::Pvh => {
             let eip = options.entry.or(elf.pvh_entry).unwrap_or(elf.entry);
+            if !ram.contains_range(eip, 1) {
+                return Err(Error::BadEntry { entry: eip, reason: "it is outside guest RAM" });
+            }
             let eip = u32::try_from(eip).map_err(|_| Error::BadEntry {
                 entry: eip,
                 reason: "a PVH entry must lie below 4 GiB",
@@ -460,6 +463,16 @@ fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<Loade
         }
     };
     Ok(LoadedImage { format: ImageFormat::Elf, protocol, entry, ranges: elf.ranges })
+}
+
+/// If `[start, start + len)` overlaps guest memory the VMM writes boot
+/// data into, says which (as "overlaps ... at A-B").
+pub(crate) fn boot_data_overlap(start: u64, len: u64) -> Option<String> {
+    let end = start.saturating_add(len);
+    layout::BOOT_DATA_RANGES
+        .iter()
+        .find(|(from, to, _)| start < *to && *from < end)
+        .map(|(from, to, what)| format!("overlaps {what} at {from:#x}-{to:#x}"))
 }
 
 /// Reads a whole image file, refusing empty files and files larger than RAM

@@ -210,9 +210,10 @@ pub(crate) fn load_bzimage(
     if needed > ram.low_ram_end() {
         return Err(Error::KernelDoesNotFit { needed, ram: ram.low_ram_end() });
     }
+    // At 1 MiB, as the boot protocol says, whatever code32_start claims.
     let result = BzImage::load(
         ram.memory(),
-        None,
+        Some(GuestAddress(layout::HIGH_MEMORY_START)),
         &mut Cursor::new(image),
         Some(GuestAddress(layout::HIGH_MEMORY_START)),
     )?;
@@ -231,7 +232,11 @@ pub(crate) fn load_bzimage(
     write_zero_page(ram, hdr, &cmdline, initrd)?;
     let mut ranges = vec![(load, result.kernel_end - load)];
     ranges.extend(initrd);
-    Ok(LinuxImage { entry: load + BZIMAGE_64BIT_ENTRY_OFFSET, ranges })
+    let entry = load + BZIMAGE_64BIT_ENTRY_OFFSET;
+    if !ram.contains_range(entry, 1) {
+        return Err(Error::BadEntry { entry, reason: "the 64-bit entry is outside guest RAM" });
+    }
+    Ok(LinuxImage { entry, ranges })
 }
 
 /// Checks a vmlinux's command line and loads its initrd: an ELF kernel

@@ -289,11 +289,8 @@ fn check_segments(ram: &GuestRam, image_len: usize, segments: &[Segment]) -> Res
                 layout::HIGH_MEMORY_START
             )));
         }
-        if segment.paddr < layout::BOOT_AREA_END {
-            return Err(segment.error(format!(
-                "overlaps the VMM's boot structures below {:#x}",
-                layout::BOOT_AREA_END
-            )));
+        if let Some(overlap) = crate::boot_data_overlap(segment.paddr, segment.memsz) {
+            return Err(segment.error(overlap));
         }
         if let Some(other) = segments[..position]
             .iter()

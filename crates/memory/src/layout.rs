@@ -86,3 +86,11 @@ pub const MMIO_HOLE_END: u64 = 4 * GIB;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Address of KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR), inside the hole.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// The guest-physical ranges the VMM writes boot data into, as (start, end
+/// exclusive, what): no image may load over them.
+pub const BOOT_DATA_RANGES: [(u64, u64, &str); 3] = [
+    (0, BOOT_AREA_END, "the VMM's boot structures (GDT, page tables, boot information)"),
+    (CMDLINE_START, CMDLINE_START + CMDLINE_MAX_SIZE, "the kernel command line"),
+    (EBDA_START, HIGH_MEMORY_START, "the EBDA and BIOS area (MP table)"),
+];
