@@ -1,0 +1,1192 @@
+//! The VMM benchmark (project issue 6): `cargo bench -p vmm --bench vmm`
+//! [`-- --quick`] [`-- --linux`].
+//!
+//! Builds the floor (a minimal C VMM, `resources/bench/floor.c`) and the
+//! bench guests (`resources/bench/guests`) into `target/bench`, then runs
+//! every metric several times, alternating our VMM, the floor and QEMU
+//! microvm in this one process tree, and prints one table: min / median /
+//! max per VMM, the ratio of the medians ours/floor (ours/QEMU for the Linux
+//! boot) and the issue's target. It exits 1 if a measurement could not be
+//! taken (a build failed, a run failed or ended with the wrong status), 0
+//! otherwise, whether or not the targets are met. `resources/bench/README.md`
+//! describes each metric.
+// A benchmark driver: a poisoned lock or a failed thread join is a bug that
+// should stop it loudly, so unwrap/expect are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Exits of the fast loops (real mode and CPL0, ~8 us an exit on the test
+/// host): the small and the large image.
+const FAST_EXITS: (u64, u64) = (10_000, 100_000);
+/// Exits of the ring-3 loops (~60 us an exit on the test host).
+const USER_EXITS: (u64, u64) = (2_000, 20_000);
+/// Default size of the serial guest's output, in KiB (see the README: the
+/// issue's 1 MiB takes ~20 s a run here, `--serial-kib 1024` runs it).
+const SERIAL_KIB: u64 = 128;
+/// Guest RAM of the bench guests (MiB) and of the Linux boot.
+const GUEST_MIB: u64 = 128;
+const LINUX_MIB: u64 = 256;
+
+/// Exit statuses of the bench guests: (value << 1) | 1 for the value each
+/// writes to the debug-exit port (resources/bench/guests/exits.inc).
+const STATUS_PIO: i32 = (0x11 << 1) | 1;
+const STATUS_MMIO: i32 = (0x12 << 1) | 1;
+const STATUS_SERIAL: i32 = (0x13 << 1) | 1;
+const STATUS_MEMORY: i32 = (0x14 << 1) | 1;
+const STATUS_HELLO: i32 = (0x15 << 1) | 1;
+const HELLO_LINE: &str = "Hello from the bench guest\n";
+
+/// Start-up and peak RSS runs take milliseconds and scatter most under load:
+/// they get this many times the repetitions.
+const CHEAP_FACTOR: usize = 3;
+
+const QEMU: &str = "qemu-system-x86_64";
+
+fn main() {
+    // `cargo bench` passes --bench; without it this is `cargo test
+    // --all-targets` building and running every target: don't take minutes.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("bench: not run (start it with `cargo bench -p vmm --bench vmm`)");
+        return;
+    }
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("bench: {message}");
+            eprintln!(
+                "usage: cargo bench -p vmm --bench vmm [-- [--quick] [--linux] [--reps N] \
+                 [--linux-reps N] [--serial-kib N] [--only GROUP,...]]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let code = match run(&options) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(message) => {
+            eprintln!("bench: {message}");
+            1
+        }
+    };
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    std::process::exit(code);
+}
+
+/// Command-line options (after `--`).
+#[derive(Debug)]
+struct Options {
+    reps: usize,
+    linux: bool,
+    linux_reps: usize,
+    serial_kib: u64,
+    /// Metric groups to run (all when empty): exits, startup, rss, serial, linux.
+    only: Vec<String>,
+}
+
+/// The metric groups `--only` can pick.
+const GROUPS: [&str; 5] = ["exits", "startup", "rss", "serial", "linux"];
+
+impl Options {
+    /// Whether `group` runs (`linux` only when asked for).
+    fn runs(&self, group: &str) -> bool {
+        let picked = self.only.is_empty() || self.only.iter().any(|g| g == group);
+        picked && (group != "linux" || self.linux || !self.only.is_empty())
+    }
+
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut options = Options {
+            reps: 7,
+            linux: false,
+            linux_reps: 3,
+            serial_kib: SERIAL_KIB,
+            only: Vec::new(),
+        };
+        let mut args = args.peekable();
+        let number = |value: Option<String>, name: &str| -> Result<u64, String> {
+            value
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} takes a positive number"))
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                // cargo bench passes --bench to harness = false targets.
+                "--bench" => {}
+                "--quick" => {
+                    options.reps = 3;
+                    options.linux_reps = 2;
+                }
+                "--linux" => options.linux = true,
+                "--reps" => options.reps = number(args.next(), "--reps")? as usize,
+                "--linux-reps" => {
+                    options.linux_reps = number(args.next(), "--linux-reps")? as usize
+                }
+                "--serial-kib" => options.serial_kib = number(args.next(), "--serial-kib")?,
+                "--only" => {
+                    let groups = args.next().ok_or("--only takes a list of metric groups")?;
+                    for group in groups.split(',') {
+                        if !GROUPS.contains(&group) {
+                            return Err(format!("--only: '{group}' is not one of {GROUPS:?}"));
+                        }
+                        options.only.push(group.to_owned());
+                    }
+                }
+                other => return Err(format!("unknown argument '{other}'")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The VMMs and how each runs a guest
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vmm {
+    Ours,
+    Floor,
+    Qemu,
+}
+
+const VMMS: [Vmm; 3] = [Vmm::Ours, Vmm::Floor, Vmm::Qemu];
+
+impl Vmm {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Copy, Debug)]
+enum Console<'a> {
+    Stdout,
+    File(&'a Path),
+}
+
+/// Paths and tools of this run.
+#[derive(Debug)]
+struct Bench {
+    root: PathBuf,
+    out: PathBuf,
+    scratch: PathBuf,
+    ours: PathBuf,
+    floor: PathBuf,
+    /// `Err(reason)` when QEMU cannot be used.
+    qemu: Result<PathBuf, String>,
+}
+
+impl Bench {
+    /// The command that runs a bench guest `image` under `vmm`, or why that
+    /// VMM cannot run it.
+    fn guest_command(&self, vmm: Vmm, image: &Path, console: Console) -> Result<Command, String> {
+        let elf = image.extension().is_some_and(|e| e == "elf");
+        match vmm {
+            Vmm::Ours => {
+                let mut cmd = Command::new(&self.ours);
+                cmd.arg("--kernel").arg(image).args(["--memory", &GUEST_MIB.to_string()]);
+                if elf {
+                    // The bench ELF guests carry a PVH note for QEMU; ours
+                    // must enter them in long mode like the floor.
+                    cmd.args(["--boot", "bare"]);
+                }
+                if let Console::File(path) = console {
+                    cmd.arg(format!("--serial=file:{}", path.display()));
+                }
+                Ok(cmd)
+            }
+            Vmm::Floor => {
+                let mut cmd = Command::new(&self.floor);
+                cmd.arg("--kernel").arg(image).args(["--memory", &GUEST_MIB.to_string()]);
+                if let Console::File(path) = console {
+                    cmd.arg("--serial").arg(format!("file:{}", path.display()));
+                }
+                Ok(cmd)
+            }
+            Vmm::Qemu => {
+                if !elf {
+                    return Err("n/a (QEMU does not load raw images)".into());
+                }
+                let mut cmd = self.qemu_command(GUEST_MIB, console)?;
+                cmd.arg("-kernel").arg(image);
+                Ok(cmd)
+            }
+        }
+    }
+
+    fn qemu_command(&self, mib: u64, console: Console) -> Result<Command, String> {
+        let qemu = self.qemu.as_ref().map_err(Clone::clone)?;
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-M", "microvm,accel=kvm", "-m", &mib.to_string()]);
+        cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-display", "none"]);
+        cmd.args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial"]);
+        match console {
+            Console::Stdout => cmd.arg("stdio"),
+            Console::File(path) => cmd.arg(format!("file:{}", path.display())),
+        };
+        Ok(cmd)
+    }
+
+    fn scratch_file(&self, name: &str) -> PathBuf {
+        self.scratch.join(name)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running one process
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Exited(i32),
+    Signalled(i32),
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Exited(code) => write!(f, "exit status {code}"),
+            Status::Signalled(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+fn decode_status(raw: libc::c_int) -> Status {
+    if libc::WIFSIGNALED(raw) {
+        Status::Signalled(libc::WTERMSIG(raw))
+    } else {
+        Status::Exited(libc::WEXITSTATUS(raw))
+    }
+}
+
+/// What one run of a process gave.
+#[derive(Debug)]
+struct Outcome {
+    status: Status,
+    /// From just before spawning to the process's end (waitpid returned).
+    to_exit: Duration,
+    /// From just before spawning to the first byte on its stdout.
+    to_first_byte: Option<Duration>,
+    /// From just before spawning to each marker's first appearance on stdout.
+    to_marker: Vec<Option<Duration>>,
+    stdout: Vec<u8>,
+    stderr_path: PathBuf,
+    /// VmHWM (peak RSS) in KiB, read just before the process ended.
+    peak_rss_kib: Option<u64>,
+}
+
+impl Outcome {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// An error unless the process exited with `expected`.
+    fn expect_status(&self, expected: i32) -> Result<(), String> {
+        if self.status == Status::Exited(expected) {
+            return Ok(());
+        }
+        let stderr = self.stderr();
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!("{} (expected {expected}); stderr: {}", self.status, tail.join(" / ")))
+    }
+}
+
+#[derive(Debug, Default)]
+struct RunOptions<'a> {
+    markers: &'a [&'a str],
+    peak_rss: bool,
+    limit: Option<Duration>,
+}
+
+/// Runs `cmd` with stdin empty, stdout read here (timestamping its first
+/// byte and the markers), stderr to a file; kills it after the time limit.
+fn execute(mut cmd: Command, stderr_path: &Path, options: &RunOptions) -> Result<Outcome, String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let stderr =
+        File::create(stderr_path).map_err(|e| format!("{}: {e}", stderr_path.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    if options.peak_rss {
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes one system call (async-signal-safe), touching no memory of
+        // the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let null = std::ptr::null_mut::<libc::c_void>();
+                if libc::ptrace(libc::PTRACE_TRACEME, 0, null, null) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let markers: Vec<Vec<u8>> = options.markers.iter().map(|m| m.as_bytes().to_vec()).collect();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut first = None;
+        let mut found: Vec<Option<Duration>> = vec![None; markers.len()];
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let now = start.elapsed();
+            first.get_or_insert(now);
+            let from = all.len();
+            all.extend_from_slice(&buf[..n]);
+            for (marker, when) in markers.iter().zip(found.iter_mut()) {
+                if when.is_none() {
+                    let window = &all[from.saturating_sub(marker.len())..];
+                    if window.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                        *when = Some(now);
+                    }
+                }
+            }
+        }
+        (all, first, found)
+    });
+
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    let limit = options.limit.unwrap_or(Duration::from_secs(120));
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill(2) on the child we spawned and have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+
+    let waited =
+        if options.peak_rss { wait_traced(pid) } else { wait_plain(pid).map(|s| (s, None)) };
+    let to_exit = start.elapsed();
+    let _ = cancel.send(());
+    let timed_out = watchdog.join().unwrap();
+    let (stdout, to_first_byte, to_marker) = reader.join().unwrap();
+    drop(child);
+    let (status, peak_rss_kib) = waited?;
+    if timed_out {
+        return Err(format!("{program} did not finish within {} s", limit.as_secs()));
+    }
+    Ok(Outcome {
+        status,
+        to_exit,
+        to_first_byte,
+        to_marker,
+        stdout,
+        stderr_path: stderr_path.to_path_buf(),
+        peak_rss_kib,
+    })
+}
+
+fn waitpid(pid: libc::pid_t) -> Result<libc::c_int, String> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid pointer to a c_int.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            return Ok(status);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("waitpid: {err}"));
+        }
+    }
+}
+
+fn wait_plain(pid: libc::pid_t) -> Result<Status, String> {
+    waitpid(pid).map(decode_status)
+}
+
+/// Waits for a child that called PTRACE_TRACEME, reading its VmHWM when it
+/// stops at its exit (PTRACE_EVENT_EXIT: the address space is still there).
+/// A zombie has no VmHWM any more, and wait4's ru_maxrss would include the
+/// address space of the forked harness before the exec.
+fn wait_traced(pid: libc::pid_t) -> Result<(Status, Option<u64>), String> {
+    let mut peak = None;
+    let mut options_set = false;
+    loop {
+        let raw = waitpid(pid)?;
+        if !libc::WIFSTOPPED(raw) {
+            return Ok((decode_status(raw), peak));
+        }
+        let mut signal = libc::WSTOPSIG(raw);
+        if !options_set && signal == libc::SIGTRAP {
+            // The stop after exec.
+            let opts = libc::c_long::from(libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL);
+            // SAFETY: PTRACE_SETOPTIONS on our stopped tracee; the variadic
+            // arguments are pointer-sized as the system call expects.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_SETOPTIONS,
+                    pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    opts,
+                )
+            };
+            options_set = true;
+            signal = 0;
+        } else if raw >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8) {
+            peak = read_vm_hwm(pid);
+            signal = 0;
+        }
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: resumes our stopped tracee, passing on its signal; the
+        // variadic arguments are pointer-sized.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, pid, null, libc::c_long::from(signal)) };
+    }
+}
+
+fn read_vm_hwm(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Samples, cells and the table
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Cell {
+    Samples(Vec<f64>),
+    NotApplicable(String),
+    Failed(String),
+}
+
+impl Cell {
+    fn median(&self) -> Option<f64> {
+        match self {
+            Cell::Samples(v) if !v.is_empty() => Some(stats(v).1),
+            _ => None,
+        }
+    }
+}
+
+/// Min, median, max.
+fn stats(samples: &[f64]) -> (f64, f64, f64) {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    (v[0], median, v[n - 1])
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// ours <= factor x base.
+    MaxTimes(f64),
+    /// ours >= factor x base.
+    MinTimes(f64),
+    /// ours <= base + amount (in the metric's unit).
+    MaxPlus(f64, &'static str),
+}
+
+#[derive(Debug)]
+struct Row {
+    metric: String,
+    unit: &'static str,
+    decimals: usize,
+    cells: [Cell; 3],
+    /// The baseline the target compares against.
+    base: Vmm,
+    target: Target,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        Some(self.cells[0].median()? / self.cells[self.base.index()].median()?)
+    }
+
+    fn met(&self) -> Option<bool> {
+        let ours = self.cells[0].median()?;
+        let base = self.cells[self.base.index()].median()?;
+        Some(match self.target {
+            Target::MaxTimes(f) => ours <= f * base,
+            Target::MinTimes(f) => ours >= f * base,
+            Target::MaxPlus(d, _) => ours <= base + d,
+        })
+    }
+
+    fn target_text(&self) -> String {
+        let base = if self.base == Vmm::Qemu { "QEMU" } else { "floor" };
+        match self.target {
+            Target::MaxTimes(f) => format!("<= {f:.2}x {base}"),
+            Target::MinTimes(f) => format!(">= {f:.2}x {base}"),
+            Target::MaxPlus(d, unit) => format!("<= {base} + {d} {unit}"),
+        }
+    }
+
+    fn cell_text(&self, cell: &Cell) -> String {
+        match cell {
+            Cell::Samples(v) if !v.is_empty() => {
+                let (min, med, max) = stats(v);
+                let d = self.decimals;
+                format!("{min:.d$} / {med:.d$} / {max:.d$}")
+            }
+            Cell::Samples(_) => "no samples".into(),
+            Cell::NotApplicable(why) => why.clone(),
+            Cell::Failed(_) => "FAILED".into(),
+        }
+    }
+}
+
+fn render_table(rows: &[Row], reps: usize, linux_reps: usize) -> String {
+    let header = [
+        "metric".to_owned(),
+        "ours min / median / max".into(),
+        "floor min / median / max".into(),
+        "QEMU min / median / max".into(),
+        "ours/base".into(),
+        "target".into(),
+        "met?".into(),
+    ];
+    let mut lines = vec![header.to_vec()];
+    for row in rows {
+        lines.push(vec![
+            format!("{} ({})", row.metric, row.unit),
+            row.cell_text(&row.cells[0]),
+            row.cell_text(&row.cells[1]),
+            row.cell_text(&row.cells[2]),
+            row.ratio().map_or("-".into(), |r| format!("{r:.3}")),
+            row.target_text(),
+            row.met().map_or("-".into(), |m| if m { "yes".into() } else { "NO".into() }),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let cells: Vec<String> =
+            line.iter().zip(&widths).map(|(text, w)| format!("{text:<w$}")).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{reps} repetitions after a warm-up run ({} for start-up and peak RSS, {linux_reps} for \
+         the Linux boot); ours/base = median ours / median baseline (floor; QEMU for the Linux \
+         boot).",
+        reps * CHEAP_FACTOR
+    );
+    let mut notes = Vec::new();
+    for row in rows {
+        for (vmm, cell) in VMMS.iter().zip(&row.cells) {
+            if let Cell::Failed(why) = cell {
+                notes.push(format!("FAILED: {} under {vmm:?}: {why}", row.metric));
+            }
+        }
+    }
+    for note in notes {
+        let _ = writeln!(out, "{note}");
+    }
+    out
+}
+
+/// Runs `sample` for each VMM in `1 + reps` rounds (the first is a warm-up
+/// that is not counted), rotating which VMM goes first each round. Each call
+/// gives one value per metric (`count` of them). A VMM whose command cannot
+/// be made is n/a; a VMM whose run fails is FAILED and not run again.
+fn measure(
+    label: &str,
+    count: usize,
+    reps: usize,
+    vmms: &[Vmm],
+    mut sample: impl FnMut(Vmm, usize) -> Result<Vec<f64>, Sample>,
+) -> Vec<[Cell; 3]> {
+    let mut cells: Vec<[Cell; 3]> = (0..count)
+        .map(|_| {
+            [
+                Cell::NotApplicable("not run".into()),
+                Cell::NotApplicable("not run".into()),
+                Cell::NotApplicable("not run".into()),
+            ]
+        })
+        .collect();
+    for metric in cells.iter_mut() {
+        for vmm in vmms {
+            metric[vmm.index()] = Cell::Samples(Vec::new());
+        }
+    }
+    eprint!("bench: {label} ");
+    for round in 0..=reps {
+        for offset in 0..vmms.len() {
+            let vmm = vmms[(round + offset) % vmms.len()];
+            if !matches!(cells[0][vmm.index()], Cell::Samples(_)) {
+                continue;
+            }
+            match sample(vmm, round) {
+                Ok(values) => {
+                    assert_eq!(values.len(), count, "{label}: wrong number of values");
+                    if round > 0 {
+                        for (metric, value) in cells.iter_mut().zip(values) {
+                            if let Cell::Samples(v) = &mut metric[vmm.index()] {
+                                v.push(value);
+                            }
+                        }
+                    }
+                }
+                Err(Sample::NotApplicable(why)) => {
+                    for metric in cells.iter_mut() {
+                        metric[vmm.index()] = Cell::NotApplicable(why.clone());
+                    }
+                }
+                Err(Sample::Failed(why)) => {
+                    eprint!("[{vmm:?} FAILED: {why}] ");
+                    for metric in cells.iter_mut() {
+                        metric[vmm.index()] = Cell::Failed(why.clone());
+                    }
+                }
+            }
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    cells
+}
+
+/// Why a sample was not taken.
+#[derive(Debug)]
+enum Sample {
+    NotApplicable(String),
+    Failed(String),
+}
+
+impl From<String> for Sample {
+    fn from(message: String) -> Self {
+        Sample::Failed(message)
+    }
+}
+
+impl From<&str> for Sample {
+    fn from(message: &str) -> Self {
+        Sample::Failed(message.into())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The metrics
+// ---------------------------------------------------------------------------
+
+/// Runs image under vmm once; `Sample::NotApplicable` if vmm cannot run it.
+fn run_guest(
+    bench: &Bench,
+    vmm: Vmm,
+    image: &Path,
+    console: Console,
+    options: &RunOptions,
+) -> Result<Outcome, Sample> {
+    let cmd = bench.guest_command(vmm, image, console).map_err(Sample::NotApplicable)?;
+    let stderr = bench.scratch_file(&format!("{vmm:?}.stderr"));
+    Ok(execute(cmd, &stderr, options)?)
+}
+
+/// ns per exit of a loop guest: (T_large - T_small) / (N_large - N_small),
+/// which cancels start-up and tear-down.
+fn exit_cost(
+    bench: &Bench,
+    vmm: Vmm,
+    images: (&Path, &Path),
+    exits: (u64, u64),
+    status: i32,
+) -> Result<Vec<f64>, Sample> {
+    let options = RunOptions::default();
+    let small = run_guest(bench, vmm, images.0, Console::Stdout, &options)?;
+    small.expect_status(status)?;
+    let large = run_guest(bench, vmm, images.1, Console::Stdout, &options)?;
+    large.expect_status(status)?;
+    let delta = large.to_exit.as_secs_f64() - small.to_exit.as_secs_f64();
+    Ok(vec![delta * 1e9 / (exits.1 - exits.0) as f64])
+}
+
+fn exit_rows(bench: &Bench, options: &Options) -> Vec<Row> {
+    let cases = [
+        ("PIO exit, real mode", "pio_real", "bin", FAST_EXITS, STATUS_PIO),
+        ("PIO exit, CPL0", "pio_cpl0", "elf", FAST_EXITS, STATUS_PIO),
+        ("PIO exit, CPL3", "pio_cpl3", "elf", USER_EXITS, STATUS_PIO),
+        ("MMIO exit, CPL0", "mmio_cpl0", "elf", FAST_EXITS, STATUS_MMIO),
+        ("MMIO exit, CPL3", "mmio_cpl3", "elf", USER_EXITS, STATUS_MMIO),
+    ];
+    let mut rows = Vec::new();
+    for (metric, name, ext, exits, status) in cases {
+        let small = bench.out.join(format!("{name}_{}.{ext}", exits.0));
+        let large = bench.out.join(format!("{name}_{}.{ext}", exits.1));
+        let cells = measure(metric, 1, options.reps, &VMMS, |vmm, _| {
+            exit_cost(bench, vmm, (&small, &large), exits, status)
+        });
+        let [cells] = <[[Cell; 3]; 1]>::try_from(cells).unwrap();
+        rows.push(Row {
+            metric: metric.into(),
+            unit: "ns",
+            decimals: 0,
+            cells,
+            base: Vmm::Floor,
+            target: Target::MaxTimes(1.10),
+        });
+    }
+    rows
+}
+
+fn startup_rows(bench: &Bench, options: &Options) -> Vec<Row> {
+    let image = bench.out.join("hello.elf");
+    let cells = measure("start-up", 2, options.reps * CHEAP_FACTOR, &VMMS, |vmm, _| {
+        let run = run_guest(bench, vmm, &image, Console::Stdout, &RunOptions::default())?;
+        run.expect_status(STATUS_HELLO)?;
+        if run.stdout != HELLO_LINE.as_bytes() {
+            return Err(Sample::Failed(format!(
+                "unexpected output {:?}",
+                String::from_utf8_lossy(&run.stdout)
+            )));
+        }
+        let first = run.to_first_byte.ok_or("no output")?;
+        Ok(vec![first.as_secs_f64() * 1e3, run.to_exit.as_secs_f64() * 1e3])
+    });
+    let [first, exit] = <[[Cell; 3]; 2]>::try_from(cells).unwrap();
+    let row = |metric: &str, cells| Row {
+        metric: metric.into(),
+        unit: "ms",
+        decimals: 2,
+        cells,
+        base: Vmm::Floor,
+        target: Target::MaxPlus(1.0, "ms"),
+    };
+    vec![row("start-up: exec to first serial byte", first), row("start-up: exec to exit", exit)]
+}
+
+fn rss_rows(bench: &Bench, options: &Options) -> Vec<Row> {
+    let image = bench.out.join("memory.elf");
+    let run_options = RunOptions { peak_rss: true, ..Default::default() };
+    let cells = measure("peak RSS", 1, options.reps * CHEAP_FACTOR, &VMMS, |vmm, _| {
+        let run = run_guest(bench, vmm, &image, Console::Stdout, &run_options)?;
+        run.expect_status(STATUS_MEMORY)?;
+        let kib = run.peak_rss_kib.ok_or("VmHWM could not be read at exit")?;
+        Ok(vec![kib as f64 / 1024.0])
+    });
+    let [cells] = <[[Cell; 3]; 1]>::try_from(cells).unwrap();
+    vec![Row {
+        metric: format!("peak RSS, {GUEST_MIB} MiB guest touching one page"),
+        unit: "MiB",
+        decimals: 2,
+        cells,
+        base: Vmm::Floor,
+        target: Target::MaxPlus(2.0, "MiB"),
+    }]
+}
+
+fn serial_rows(bench: &Bench, options: &Options) -> Vec<Row> {
+    let bytes = options.serial_kib * 1024;
+    let image = bench.out.join(format!("serial_{bytes}.elf"));
+    let cells = measure("serial", 1, options.reps, &VMMS, |vmm, _| {
+        let path = bench.scratch_file(&format!("serial-{vmm:?}.out"));
+        let _ = std::fs::remove_file(&path);
+        let run = run_guest(
+            bench,
+            vmm,
+            &image,
+            Console::File(&path),
+            &RunOptions { limit: Some(Duration::from_secs(600)), ..Default::default() },
+        )?;
+        run.expect_status(STATUS_SERIAL)?;
+        let written = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let line = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk\n";
+        if written.len() as u64 != bytes || !written.starts_with(line) {
+            return Err(Sample::Failed(format!(
+                "the output file has {} bytes, expected {bytes} in 64-byte lines",
+                written.len()
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(vec![bytes as f64 / (1024.0 * 1024.0) / run.to_exit.as_secs_f64()])
+    });
+    let [cells] = <[[Cell; 3]; 1]>::try_from(cells).unwrap();
+    vec![Row {
+        metric: format!("serial throughput, {} KiB to a file", options.serial_kib),
+        unit: "MiB/s",
+        decimals: 4,
+        cells,
+        base: Vmm::Floor,
+        target: Target::MinTimes(0.9),
+    }]
+}
+
+/// The test Linux: kernel images, initrd, command line.
+#[derive(Debug)]
+struct Linux {
+    dir: PathBuf,
+    cmdline: String,
+}
+
+fn build_linux(bench: &Bench) -> Result<Linux, String> {
+    eprintln!("bench: building (or finding) the test Linux: bash resources/linux/build.sh");
+    let output = Command::new("bash")
+        .arg(bench.root.join("resources/linux/build.sh"))
+        .current_dir(&bench.root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run resources/linux/build.sh: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("resources/linux/build.sh failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    for file in ["vmlinux", "bzImage", "initrd-tiny.cpio"] {
+        if !dir.join(file).is_file() {
+            return Err(format!("build.sh printed {}, which has no {file}", dir.display()));
+        }
+    }
+    let cmdline = std::fs::read_to_string(bench.root.join("resources/linux/cmdline.txt"))
+        .map_err(|e| format!("resources/linux/cmdline.txt: {e}"))?
+        .trim()
+        .to_owned();
+    Ok(Linux { dir, cmdline })
+}
+
+const RUN_INIT: &str = "Run /init";
+const INIT_MARKER: &str = "VMM-TEST-INIT";
+
+/// Exit counts by reason seen in the instrumented (warm-up) boots.
+#[derive(Debug, Default)]
+struct ExitCounts {
+    lines: Vec<String>,
+}
+
+fn linux_rows(bench: &Bench, options: &Options, counts: &mut ExitCounts) -> Vec<Row> {
+    let linux = match build_linux(bench) {
+        Ok(linux) => linux,
+        Err(why) => {
+            let failed = || {
+                [
+                    Cell::Failed(why.clone()),
+                    Cell::NotApplicable("n/a".into()),
+                    Cell::Failed(why.clone()),
+                ]
+            };
+            return ["vmlinux (PVH)", "bzImage"]
+                .iter()
+                .flat_map(|k| {
+                    [format!("Linux {k}: exec to {RUN_INIT}"), format!("Linux {k}: exec to init")]
+                })
+                .map(|metric| Row {
+                    metric,
+                    unit: "s",
+                    decimals: 2,
+                    cells: failed(),
+                    base: Vmm::Qemu,
+                    target: Target::MaxTimes(0.9),
+                })
+                .collect();
+        }
+    };
+    let mut rows = Vec::new();
+    for (kernel, label) in [("vmlinux", "vmlinux (PVH)"), ("bzImage", "bzImage")] {
+        let image = linux.dir.join(kernel);
+        let initrd = linux.dir.join("initrd-tiny.cpio");
+        let stats_path = bench.scratch_file(&format!("exit-stats-{kernel}.json"));
+        let mut stats_flag = true;
+        let cells = measure(
+            &format!("Linux {label}"),
+            2,
+            options.linux_reps,
+            &[Vmm::Ours, Vmm::Qemu],
+            |vmm, round| {
+                // The warm-up round (0) is the instrumented one: our
+                // --exit-stats, QEMU's kvm_run_exit trace.
+                let instrumented = round == 0;
+                let cmd = match vmm {
+                    Vmm::Ours => {
+                        let mut cmd = Command::new(&bench.ours);
+                        cmd.arg("--kernel").arg(&image).arg("--initrd").arg(&initrd);
+                        cmd.args(["--cmdline", &linux.cmdline, "--memory", &LINUX_MIB.to_string()]);
+                        if instrumented && stats_flag {
+                            cmd.arg(format!("--exit-stats={}", stats_path.display()));
+                        }
+                        cmd
+                    }
+                    _ => {
+                        let mut cmd = bench
+                            .qemu_command(LINUX_MIB, Console::Stdout)
+                            .map_err(Sample::NotApplicable)?;
+                        cmd.arg("-kernel").arg(&image).arg("-initrd").arg(&initrd);
+                        cmd.args(["-append", &linux.cmdline]);
+                        if instrumented {
+                            cmd.args(["-trace", "kvm_run_exit"]);
+                        }
+                        cmd
+                    }
+                };
+                let run_options = RunOptions {
+                    markers: &[RUN_INIT, INIT_MARKER],
+                    limit: Some(Duration::from_secs(300)),
+                    ..Default::default()
+                };
+                let stderr = bench.scratch_file(&format!("linux-{vmm:?}.stderr"));
+                let mut run = execute(cmd, &stderr, &run_options)?;
+                if vmm == Vmm::Ours && instrumented && run.status == Status::Exited(2) {
+                    let text = run.stderr();
+                    if text.contains("exit-stats") || text.contains("unexpected argument") {
+                        counts.lines.push(format!(
+                            "ours, {label}: this vmm has no --exit-stats=PATH ({}); no exit counts",
+                            text.lines().next().unwrap_or("").trim()
+                        ));
+                        stats_flag = false;
+                        let mut cmd = Command::new(&bench.ours);
+                        cmd.arg("--kernel").arg(&image).arg("--initrd").arg(&initrd);
+                        cmd.args(["--cmdline", &linux.cmdline, "--memory", &LINUX_MIB.to_string()]);
+                        run = execute(cmd, &stderr, &run_options)?;
+                    }
+                }
+                run.expect_status(0)?;
+                let (Some(to_init), Some(to_marker)) = (run.to_marker[0], run.to_marker[1]) else {
+                    let tail = String::from_utf8_lossy(&run.stdout);
+                    let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+                    return Err(Sample::Failed(format!(
+                        "the console never showed {RUN_INIT:?} and {INIT_MARKER:?}; last lines: {}",
+                        tail.join(" / ")
+                    )));
+                };
+                if instrumented {
+                    let line = match vmm {
+                        Vmm::Ours if stats_flag => match std::fs::read_to_string(&stats_path) {
+                            Ok(json) => {
+                                format!("ours, {label}: {}", format_counts(&ours_counts(&json)))
+                            }
+                            Err(e) => format!("ours, {label}: no exit statistics ({e})"),
+                        },
+                        Vmm::Ours => String::new(),
+                        _ => {
+                            format!("QEMU, {label}: {}", format_counts(&qemu_counts(&run.stderr())))
+                        }
+                    };
+                    if !line.is_empty() {
+                        counts.lines.push(line);
+                    }
+                }
+                Ok(vec![to_init.as_secs_f64(), to_marker.as_secs_f64()])
+            },
+        );
+        let [to_init, to_marker] = <[[Cell; 3]; 2]>::try_from(cells).unwrap();
+        for (metric, mut cells) in [
+            (format!("Linux {label}: exec to \"{RUN_INIT}\""), to_init),
+            (format!("Linux {label}: exec to {INIT_MARKER}"), to_marker),
+        ] {
+            cells[1] = Cell::NotApplicable("n/a (boots no Linux)".into());
+            rows.push(Row {
+                metric,
+                unit: "s",
+                decimals: 2,
+                cells,
+                base: Vmm::Qemu,
+                target: Target::MaxTimes(0.9),
+            });
+        }
+    }
+    rows
+}
+
+/// Sums the per-vCPU `"exits": {...}` objects of our --exit-stats JSON.
+fn ours_counts(json: &str) -> Vec<(String, u64)> {
+    let mut totals: Vec<(String, u64)> = Vec::new();
+    let mut rest = json;
+    while let Some(at) = rest.find("\"exits\"") {
+        rest = &rest[at + "\"exits\"".len()..];
+        let Some(open) = rest.find('{') else { break };
+        let Some(close) = rest[open..].find('}') else { break };
+        for pair in rest[open + 1..open + close].split(',') {
+            let mut parts = pair.splitn(2, ':');
+            let key = parts.next().unwrap_or("").trim().trim_matches('"');
+            let value = parts.next().and_then(|v| v.trim().parse::<u64>().ok());
+            if let (false, Some(value)) = (key.is_empty(), value) {
+                add_count(&mut totals, key, value);
+            }
+        }
+        rest = &rest[open + close..];
+    }
+    totals
+}
+
+/// Counts QEMU's `kvm_run_exit cpu_index N, reason R` trace lines by reason.
+fn qemu_counts(trace: &str) -> Vec<(String, u64)> {
+    let mut totals = Vec::new();
+    for line in trace.lines().filter(|l| l.contains("kvm_run_exit")) {
+        let Some(reason) = line.rsplit("reason ").next().and_then(|r| r.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let name = match reason {
+            2 => "io".to_owned(),
+            5 => "hlt".into(),
+            6 => "mmio".into(),
+            7 => "irq_window_open".into(),
+            8 => "shutdown".into(),
+            9 => "fail_entry".into(),
+            10 => "intr".into(),
+            17 => "internal_error".into(),
+            24 => "system_event".into(),
+            other => format!("reason_{other}"),
+        };
+        add_count(&mut totals, &name, 1);
+    }
+    totals
+}
+
+fn add_count(totals: &mut Vec<(String, u64)>, key: &str, value: u64) {
+    match totals.iter_mut().find(|(k, _)| k == key) {
+        Some((_, total)) => *total += value,
+        None => totals.push((key.to_owned(), value)),
+    }
+}
+
+fn format_counts(counts: &[(String, u64)]) -> String {
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let parts: Vec<String> =
+        counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{total} exits: {}", parts.join(", "))
+}
+
+// ---------------------------------------------------------------------------
+// Set-up: building, finding QEMU
+// ---------------------------------------------------------------------------
+
+fn build(bench: &Bench, options: &Options) -> Result<(), String> {
+    let mut targets = vec!["floor".to_owned(), "hello.elf".into(), "memory.elf".into()];
+    for (name, ext, exits) in [
+        ("pio_real", "bin", FAST_EXITS),
+        ("pio_cpl0", "elf", FAST_EXITS),
+        ("mmio_cpl0", "elf", FAST_EXITS),
+        ("pio_cpl3", "elf", USER_EXITS),
+        ("mmio_cpl3", "elf", USER_EXITS),
+    ] {
+        targets.push(format!("{name}_{}.{ext}", exits.0));
+        targets.push(format!("{name}_{}.{ext}", exits.1));
+    }
+    targets.push(format!("serial_{}.elf", options.serial_kib * 1024));
+    let output = Command::new("make")
+        .arg("-C")
+        .arg(bench.root.join("resources/bench"))
+        .arg(format!("OUT={}", bench.out.display()))
+        .args(targets.iter().map(|t| bench.out.join(t)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run make (is it installed?): {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the floor and the bench guests failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn qemu_works() -> Result<PathBuf, String> {
+    match Command::new(QEMU).arg("--version").stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => Ok(PathBuf::from(QEMU)),
+        Ok(out) => Err(format!("n/a ({QEMU} --version failed: {})", out.status)),
+        Err(_) => Err(format!("n/a ({QEMU} not installed)")),
+    }
+}
+
+/// QEMU if it is installed; as root, installs Debian's qemu-system-x86 first.
+fn find_qemu() -> Result<PathBuf, String> {
+    if let Ok(path) = qemu_works() {
+        return Ok(path);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "bench: {QEMU} is not installed and this is not root: its columns are n/a \
+             (apt-get install qemu-system-x86 to add them)"
+        );
+        return qemu_works();
+    }
+    eprintln!("bench: installing qemu-system-x86 (apt-get) for the QEMU columns");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
+        install();
+    }
+    qemu_works()
+}
+
+fn run(options: &Options) -> Result<bool, String> {
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_vmm"));
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace root")?.to_owned();
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().ok_or("no target dir")?.to_owned();
+    let out = target.join("bench");
+    let scratch = out.join("scratch");
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm is not usable here ({e}): nothing can be measured"))?;
+    let bench = Bench { floor: out.join("floor"), root, out, scratch, ours, qemu: find_qemu() };
+    build(&bench, options)?;
+    eprintln!(
+        "bench: ours = {}, floor = {}, QEMU = {}",
+        bench.ours.display(),
+        bench.floor.display(),
+        match &bench.qemu {
+            Ok(path) => path.display().to_string(),
+            Err(why) => why.clone(),
+        }
+    );
+
+    let mut rows = Vec::new();
+    if options.runs("exits") {
+        rows.extend(exit_rows(&bench, options));
+    }
+    if options.runs("startup") {
+        rows.extend(startup_rows(&bench, options));
+    }
+    if options.runs("rss") {
+        rows.extend(rss_rows(&bench, options));
+    }
+    if options.runs("serial") {
+        rows.extend(serial_rows(&bench, options));
+    }
+    let mut counts = ExitCounts::default();
+    if options.runs("linux") {
+        rows.extend(linux_rows(&bench, options, &mut counts));
+    }
+
+    println!();
+    print!("{}", render_table(&rows, options.reps, options.linux_reps));
+    if !counts.lines.is_empty() {
+        println!("\nExits by reason during one Linux boot (the warm-up run):");
+        for line in &counts.lines {
+            println!("  {line}");
+        }
+    }
+    let failed = rows.iter().any(|row| row.cells.iter().any(|c| matches!(c, Cell::Failed(_))));
+    Ok(!failed)
+}
