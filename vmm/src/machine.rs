@@ -14,7 +14,9 @@ use vmm_devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg};
 use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialPort};
 use vmm_devices::{EventFdTrigger, ExitRequest};
-use vmm_dispatch::{Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json};
+use vmm_dispatch::{
+    BlockedSignals, Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json,
+};
 use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
 use vmm_vcpu::seccomp::{self, ThreadKind};
@@ -95,6 +97,9 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(enabled: bool) -> anyhow::Result<Sandbox> {
+        if enabled {
+            seccomp::prepare_process();
+        }
         let compile = |kind| seccomp::filter(kind).map(Some);
         Ok(Sandbox {
             vcpu: if enabled { compile(ThreadKind::Vcpu)? } else { None },
@@ -138,14 +143,10 @@ fn start_console_input(
     serial: Arc<Serial>,
     control: Arc<RunControl>,
     escape: bool,
-    sandbox: Sandbox,
 ) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
-            if !sandbox.enter_or_stop(ThreadKind::Vmm, "console", &control) {
-                return;
-            }
             let push = |bytes: &[u8]| {
                 serial.lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(bytes)
             };
@@ -206,21 +207,12 @@ impl StatsSink {
 /// Builds the machine the command line describes, runs it to its end and
 /// returns how it ended.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    // Before any other thread exists, so that every thread inherits the mask.
     let control = Arc::new(RunControl::new());
     let sandbox = Sandbox::new(cli.seccomp == "on")?;
-    let signal_setup = {
-        let (sandbox, control) = (sandbox.clone(), control.clone());
-        move || {
-            sandbox.enter_or_stop(ThreadKind::Vmm, "signals", &control);
-        }
-    };
-    vmm_dispatch::stop_on_signals(
-        control.clone(),
-        &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP],
-        signal_setup,
-    )
-    .context("cannot set up signal handling")?;
+    // Blocked before any other thread exists, so that every thread inherits
+    // the mask; the signal thread that takes them starts once the guest runs.
+    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .context("cannot block the stop signals")?;
 
     // User input first (RAM size, image), so mistakes are reported even
     // where KVM is unusable.
@@ -300,9 +292,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         })?);
     }
 
+    // The main thread's filter goes on before the signal and console
+    // threads start: they inherit it.
     let terminal = RawTerminal::enable();
-    start_console_input(serial.clone(), control.clone(), terminal.is_some(), sandbox.clone())?;
     sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control);
+    signals.stop_run_on_them(control.clone()).context("cannot start the signal thread")?;
+    start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
 
     let outcome = control.wait();
     for thread in &threads {

@@ -57,38 +57,47 @@ pub fn signal_exit_status(signal: libc::c_int) -> u8 {
     u8::try_from(128 + signal).unwrap_or(u8::MAX)
 }
 
-/// Ends the run (`Outcome::Stopped`, status 128 + signal number) when the
-/// process receives one of `signals`.
+/// Signals blocked in the process, waiting for a thread to take them.
 ///
-/// The signals are blocked in the calling thread, and so in every thread it
-/// spawns afterwards: call this before spawning any. A dedicated thread
-/// waits for them with `sigwait`, so no work happens in a signal handler;
-/// it first runs `thread_setup` (e.g. to install its seccomp filter).
-pub fn stop_on_signals(
-    control: Arc<RunControl>,
-    signals: &[libc::c_int],
-    thread_setup: impl FnOnce() + Send + 'static,
-) -> std::io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
-    for &signal in signals {
-        // SAFETY: `set` is initialised; an invalid number only returns EINVAL.
-        if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
-            return Err(std::io::Error::last_os_error());
+/// [`BlockedSignals::block`] blocks them in the calling thread, and so in
+/// every thread it spawns afterwards: call it before spawning any.
+/// [`BlockedSignals::stop_run_on_them`] then starts the thread that takes
+/// them with `sigwait` (no work happens in a signal handler) and ends the
+/// run (`Outcome::Stopped`, status 128 + signal number). A signal that
+/// arrives in between stays pending and is taken then.
+#[derive(Debug)]
+pub struct BlockedSignals {
+    set: libc::sigset_t,
+}
+
+impl BlockedSignals {
+    /// Blocks `signals` in the calling thread.
+    pub fn block(signals: &[libc::c_int]) -> std::io::Result<BlockedSignals> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &signal in signals {
+            // SAFETY: `set` is initialised; an invalid number only returns EINVAL.
+            if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
+        // SAFETY: `set` is initialised and the old mask is not requested.
+        let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if blocked != 0 {
+            return Err(std::io::Error::from_raw_os_error(blocked));
+        }
+        Ok(BlockedSignals { set })
     }
-    // SAFETY: `set` is initialised and the old mask is not requested.
-    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if blocked != 0 {
-        return Err(std::io::Error::from_raw_os_error(blocked));
+
+    /// Starts the thread that ends the run when one of the signals comes.
+    pub fn stop_run_on_them(self, control: Arc<RunControl>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || wait_for_signals(&self.set, &control))?;
+        Ok(())
     }
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        thread_setup();
-        wait_for_signals(&set, &control)
-    })?;
-    Ok(())
 }
 
 fn wait_for_signals(set: &libc::sigset_t, control: &RunControl) -> ! {

@@ -34,7 +34,7 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_vcpu::Vcpu;
 
-pub use control::{RunControl, signal_exit_status, stop_on_signals};
+pub use control::{BlockedSignals, RunControl, signal_exit_status};
 pub use outcome::*;
 use stats::Classified;
 pub use stats::{ExitReason, ExitStats, TOP_ADDRESSES, stats_json};

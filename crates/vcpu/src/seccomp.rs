@@ -71,16 +71,25 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
-/// Extra system calls of the non-vCPU threads.
-const VMM_ONLY: &[libc::c_long] =
-    &[libc::SYS_read, libc::SYS_rt_sigtimedwait, libc::SYS_tgkill, libc::SYS_fsync];
+/// Extra system calls of the non-vCPU threads: reading stdin, waiting for
+/// signals, kicking vCPU threads, and starting the console and signal
+/// threads (which inherit the main thread's filter).
+const VMM_ONLY: &[libc::c_long] = &[
+    libc::SYS_read,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_tgkill,
+    libc::SYS_fsync,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_getaffinity,
+];
 
-fn arg1_rule(value: u64) -> Result<SeccompRule> {
-    ioctl_rule(value)
-}
-
-fn ioctl_rule(request: u64) -> Result<SeccompRule> {
-    let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+/// A rule matching calls whose argument `index` equals `value` (an ioctl
+/// request, a fcntl command, a prctl option).
+fn arg_rule(index: u8, value: u64) -> Result<SeccompRule> {
+    let condition = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
         .map_err(seccomp_error)?;
     SeccompRule::new(vec![condition]).map_err(seccomp_error)
 }
@@ -111,11 +120,18 @@ pub fn allowed_syscalls(kind: ThreadKind) -> Vec<libc::c_long> {
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         allowed_syscalls(kind).into_iter().map(|call| (call, Vec::new())).collect();
-    let ioctls = allowed_ioctls(kind).into_iter().map(arg1_rule).collect::<Result<Vec<_>>>()?;
+    let ioctls = allowed_ioctls(kind)
+        .into_iter()
+        .map(|request| arg_rule(1, request))
+        .collect::<Result<Vec<_>>>()?;
     rules.insert(libc::SYS_ioctl, ioctls);
     // fcntl(fd, F_GETFD) only: the standard library checks a descriptor is
     // open before closing it (in debug builds).
-    rules.insert(libc::SYS_fcntl, vec![arg1_rule(libc::F_GETFD as u64)?]);
+    rules.insert(libc::SYS_fcntl, vec![arg_rule(1, libc::F_GETFD as u64)?]);
+    if kind == ThreadKind::Vmm {
+        // prctl(PR_SET_NAME) only: a new thread names itself.
+        rules.insert(libc::SYS_prctl, vec![arg_rule(0, libc::PR_SET_NAME as u64)?]);
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -124,6 +140,18 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram> {
     )
     .map_err(seccomp_error)?;
     filter.try_into().map_err(seccomp_error)
+}
+
+/// Most malloc arenas the process uses once filtered.
+const MALLOC_ARENAS: libc::c_int = 8;
+
+/// Prepares the process for filters: glibc reads
+/// /sys/devices/system/cpu/online when a process first grows past 8 malloc
+/// arenas (one per thread), which a filtered thread may not open; a fixed
+/// arena limit spares that read. Call before spawning threads.
+pub fn prepare_process() {
+    // SAFETY: mallopt only sets an allocator parameter; no memory is passed.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
 }
 
 /// Installs `program` on the calling thread (and the threads it creates
