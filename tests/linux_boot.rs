@@ -299,3 +299,11 @@ fn reboot_through_the_i8042_ends_the_vmm_cleanly() {
     assert!(run.stdout.contains("VMM-TEST-INIT: hello from init"), "{}", run.stdout);
     assert!(run.stderr.contains("guest reset through a device"), "{}", run.stderr);
 }
+
+#[test]
+fn bzimage_unpacked_on_the_host_boots() {
+    require_kvm!();
+    let run = boot_tiny("bzImage", &["--unpack-bzimage"], 1);
+    assert_booted(&run, "the Linux 64-bit boot protocol", 1);
+    assert!(run.stderr.contains("bzImage: kernel unpacked on the host"), "{}", run.stderr);
+}

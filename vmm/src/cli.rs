@@ -87,6 +87,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
 
+    /// Unpack an LZ4 bzImage's kernel on the host and boot it as a vmlinux
+    /// (64-bit protocol), sparing the guest its decompressor: seconds where
+    /// guest kernel code is emulated.
+    #[arg(long)]
+    pub unpack_bzimage: bool,
+
     /// Number of vCPUs (more than one needs the in-kernel irqchip).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub cpus: u8,

@@ -223,6 +223,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         boot: boot_protocol(cli.boot),
         cmdline: cli.cmdline.clone(),
         initrd: cli.initrd.clone(),
+        unpack_bzimage: cli.unpack_bzimage,
     };
     let image = vmm_loader::load_image(&ram, &cli.kernel, &options)?;
     let pc = image.protocol.wants_pc_machine();

@@ -42,6 +42,7 @@ mod linux;
 pub mod mptable;
 pub mod multiboot;
 mod raw;
+mod unpack;
 
 use std::path::{Path, PathBuf};
 
@@ -305,6 +306,9 @@ pub struct LoadOptions {
     pub cmdline: Option<String>,
     /// Initial RAM disk (Linux boots), or module 0 (multiboot).
     pub initrd: Option<PathBuf>,
+    /// Unpack a bzImage's LZ4-compressed kernel on the host and boot it
+    /// as a vmlinux, sparing the guest its decompressor.
+    pub unpack_bzimage: bool,
 }
 
 /// How the first vCPU starts executing the image.
@@ -413,6 +417,19 @@ fn load_bzimage(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<L
     }
     if options.entry.is_some() {
         return Err(Error::OptionNotForFormat { option: "--entry", format: "bzImage" });
+    }
+    if options.unpack_bzimage {
+        let header = linux::BzImageHeader::parse(image)?;
+        match unpack::payload(image, header.setup_sects, header.version) {
+            Some(payload) if unpack::can_unpack(payload) => {
+                let vmlinux = unpack::unpack(payload)?;
+                log::info!("bzImage: kernel unpacked on the host ({} bytes)", vmlinux.len());
+                let elf_options = LoadOptions { boot: BootProtocol::Linux64, ..options.clone() };
+                let loaded = load_elf(ram, &vmlinux, &elf_options)?;
+                return Ok(LoadedImage { format: ImageFormat::BzImage, ..loaded });
+            }
+            _ => log::info!("bzImage: its kernel is not LZ4-compressed; the guest unpacks it"),
+        }
     }
     let cmdline = options.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
     let kernel = linux::load_bzimage(ram, image, cmdline, options.initrd.as_deref())?;
