@@ -296,9 +296,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     // The main thread's filter goes on before the signal and console
     // threads start: they inherit it.
     let terminal = RawTerminal::enable();
+    let pump_stdin = !console::stdin_is_null();
     sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control);
     signals.stop_run_on_them(control.clone()).context("cannot start the signal thread")?;
-    start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
+    if pump_stdin {
+        start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
+    }
 
     let outcome = control.wait();
     for thread in &threads {

@@ -64,6 +64,16 @@ pub fn restore_terminal() {
     }
 }
 
+/// True when standard input is /dev/null: there is no input to pump.
+pub fn stdin_is_null() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Ok(stdin), Ok(null)) = (std::fs::metadata("/dev/stdin"), std::fs::metadata("/dev/null"))
+    else {
+        return false;
+    };
+    stdin.file_type().is_char_device() && stdin.rdev() == null.rdev()
+}
+
 /// What [`pump_input`] ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PumpEnd {
