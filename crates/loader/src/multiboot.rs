@@ -403,8 +403,8 @@ fn elf32_segments(image: &[u8]) -> Result<(Vec<Segment>, u64)> {
         if segment.memsz == 0 {
             continue;
         }
-        if u64::from(entry.wrapping_sub(vaddr)) < segment.memsz {
-            physical_entry = segment.paddr + u64::from(entry - vaddr);
+        if let Some(offset) = entry.checked_sub(vaddr).filter(|o| u64::from(*o) < segment.memsz) {
+            physical_entry = segment.paddr + u64::from(offset);
         }
         segments.push(segment);
     }
