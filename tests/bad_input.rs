@@ -8,17 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Run, guest, run_command, run_vmm, scratch_file};
-
-/// Asserts the run failed as a VMM error with one line naming `problem`.
-fn assert_vmm_error(run: &Run, problem: &str) {
-    run.assert_status(2);
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
-    assert!(lines[0].starts_with("vmm: error: "), "{}", run.stderr);
-    assert!(lines[0].contains(problem), "expected {problem:?} in: {}", run.stderr);
-    assert_eq!(run.stdout, "");
-}
+use common::{Run, assert_vmm_error, guest, run_command, run_vmm, scratch_file};
 
 fn write_scratch(name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = scratch_file(name);

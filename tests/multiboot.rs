@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Run, guest, run_vmm, scratch_file};
+use common::{Run, assert_vmm_error, guest, run_vmm, scratch_file};
 
 /// Status of the kernel's debug-exit write 0x21: every CPU came up.
 const ALL_UP: i32 = 67;
@@ -82,16 +82,6 @@ fn three_cpus_all_come_up_through_init_and_sipi() {
 fn eight_cpus_all_come_up_although_the_kernel_starts_them_at_once() {
     require_kvm!();
     assert_all_cpus_come_up(8);
-}
-
-/// Asserts the run failed as a VMM error with one line naming `problem`.
-fn assert_vmm_error(run: &Run, problem: &str) {
-    run.assert_status(2);
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
-    assert!(lines[0].starts_with("vmm: error: "), "{}", run.stderr);
-    assert!(lines[0].contains(problem), "expected {problem:?} in: {}", run.stderr);
-    assert_eq!(run.stdout, "");
 }
 
 /// The test kernel with the multiboot header's checksum broken.

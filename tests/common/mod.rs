@@ -92,6 +92,17 @@ impl Run {
     }
 }
 
+/// Asserts the run failed as a VMM error (status 2) with one line on
+/// stderr naming `problem`, and the guest never printed anything.
+pub fn assert_vmm_error(run: &Run, problem: &str) {
+    run.assert_status(2);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
+    assert!(lines[0].starts_with("vmm: error: "), "{}", run.stderr);
+    assert!(lines[0].contains(problem), "expected {problem:?} in: {}", run.stderr);
+    assert_eq!(run.stdout, "");
+}
+
 /// Runs the `vmm` binary with `args`, killing it (and failing the test) if
 /// it has not finished within `limit`.
 pub fn run_vmm_with_limit(args: &[&str], limit: Duration) -> Run {
