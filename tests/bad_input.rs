@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Run, assert_vmm_error, guest, run_command, run_vmm, scratch_file};
+use common::{Run, assert_vmm_error, guest, run_command, run_vmm, scratch_file, skip_without_kvm};
 
 fn write_scratch(name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = scratch_file(name);
@@ -196,9 +196,15 @@ fn unreadable_image() {
 
 #[test]
 fn kvm_not_permitted() {
-    let meta = std::fs::metadata("/dev/kvm");
-    if meta.as_ref().map(|m| m.permissions().mode() & 0o006 == 0o006).unwrap_or(true) {
-        eprintln!("SKIPPED kvm_not_permitted: /dev/kvm is missing or open to everyone here");
+    let meta = match std::fs::metadata("/dev/kvm") {
+        Ok(meta) => meta,
+        Err(err) => {
+            skip_without_kvm("kvm_not_permitted", &format!("/dev/kvm is missing here ({err})"));
+            return;
+        }
+    };
+    if meta.permissions().mode() & 0o006 == 0o006 {
+        eprintln!("SKIPPED kvm_not_permitted: /dev/kvm is open to everyone here");
         return;
     }
     let path = world_readable_copy("readable.bin", 0o644);

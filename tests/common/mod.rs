@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests: building the test guests,
 //! running the `vmm` binary with a time limit, and skipping (loudly) where
-//! KVM is not usable.
+//! KVM is not usable, or failing there when `VMM_REQUIRE_KVM=1`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -48,19 +48,37 @@ pub fn guest(name: &str) -> PathBuf {
     guests_dir().join(name)
 }
 
+/// True when CI asked (with `VMM_REQUIRE_KVM=1`, as .ci/run does) that
+/// tests needing KVM fail rather than skip where it is unusable.
+pub fn kvm_required() -> bool {
+    std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|value| value == "1")
+}
+
+/// Skips `test` for `reason` (a SKIPPED line on stderr, so that a skipped
+/// test is visible in the test output), or fails it when KVM is required.
+/// Only for reasons that come down to KVM being unusable here.
+pub fn skip_without_kvm(test: &str, reason: &str) {
+    if kvm_required() {
+        panic!("{test}: {reason}; VMM_REQUIRE_KVM=1 makes that a failure, not a skip");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// True when /dev/kvm can be opened for reading and writing. Otherwise says
-/// why on stderr, so that a skipped test is visible in the test output.
+/// why on stderr (a SKIPPED line) and returns false, or panics when
+/// `VMM_REQUIRE_KVM=1`.
 pub fn kvm_usable(test: &str) -> bool {
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(err) => {
-            eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({err})");
+            skip_without_kvm(test, &format!("/dev/kvm is not usable here ({err})"));
             false
         }
     }
 }
 
-/// Returns early from a test (with a SKIPPED line) where KVM is unusable.
+/// Returns early from a test (with a SKIPPED line) where KVM is unusable;
+/// fails the test instead when `VMM_REQUIRE_KVM=1`.
 #[macro_export]
 macro_rules! require_kvm {
     () => {
