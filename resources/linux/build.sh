@@ -10,9 +10,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-outputs=(vmlinux bzImage initrd-tiny.cpio initrd-busybox.cpio)
+outputs=(vmlinux bzImage initrd-tiny.cpio initrd-busybox.cpio rootfs.ext4)
 packages=(linux-source-6.1 busybox-static gcc make libc6-dev flex bison bc
-	  libelf-dev libssl-dev lz4 xz-utils cpio patch perl python3)
+	  libelf-dev libssl-dev lz4 xz-utils cpio patch perl python3 e2fsprogs)
 
 log() { printf '[linux-guest] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -50,7 +50,7 @@ shopt -s nullglob
 patches=("$here"/patches/*.patch)
 shopt -u nullglob
 ((${#patches[@]})) || die "no patches in $here/patches"
-recipe=(build.sh config.fragment init/init-tiny.c init/init-busybox.sh)
+recipe=(build.sh config.fragment init/init-tiny.c init/init-busybox.sh init/init-rootfs.sh)
 for p in "${patches[@]}"; do recipe+=("patches/${p##*/}"); done
 hash=$(
 	cd "$here"
@@ -199,12 +199,33 @@ busybox=/bin/busybox
 } >"$work/busybox.list"
 "$work/gen_init_cpio" "$work/busybox.list" >"$out/initrd-busybox.cpio"
 
+# ---------------------------------------------------------------------------
+# 5. Root disk: the same busybox on ext4, made from a directory (no mount)
+# ---------------------------------------------------------------------------
+log "building rootfs.ext4"
+root=$work/rootfs
+for d in dev proc sys tmp root etc bin sbin usr/bin usr/sbin; do
+	mkdir -p "$root/$d"
+done
+cp "$busybox" "$root/bin/busybox"
+"$busybox" --list-full | sort -u | while read -r applet; do
+	[[ $applet == bin/busybox || $applet == sbin/init ]] && continue
+	ln -sf /bin/busybox "$root/$applet"
+done
+install -m 0755 "$here/init/init-rootfs.sh" "$root/sbin/init"
+# 64 MiB, 4 KiB blocks, no journal (nothing to replay after a reboot -f
+# that synced first), root-owned files, fixed UUID and hash seed so that the
+# image depends only on the recipe
+mkfs.ext4 -q -F -b 4096 -O ^has_journal -E root_owner=0:0,hash_seed=5e1c7a4e-0000-4000-8000-000000000001 \
+	-U 5e1c7a4e-0000-4000-8000-000000000000 -L vmm-root -d "$root" "$out/rootfs.ext4" 64M >>"$buildlog" 2>&1 ||
+	die "mkfs.ext4 -d failed"
+
 cp "$buildlog" "$out/build.log"
 ( cd "$out" && sha256sum "${outputs[@]}" >SHA256SUMS )
 log "done in $((SECONDS - start)) s: $(cd "$out" && ls -l "${outputs[@]}" | awk '{printf "%s=%s ", $NF, $5}')"
 
 # ---------------------------------------------------------------------------
-# 5. Publish: stamp last, then one rename
+# 6. Publish: stamp last, then one rename
 # ---------------------------------------------------------------------------
 date -u +%Y-%m-%dT%H:%M:%SZ >"$out/.complete"
 rm -rf "$final"
