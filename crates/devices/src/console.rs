@@ -2,9 +2,12 @@
 //! guest owns it, and a pump that feeds host input into the UART's receive
 //! FIFO without dropping a byte.
 
-use std::io::Read;
-use std::sync::{Mutex, PoisonError};
+use std::io::{IsTerminal, Read};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use vmm_sys_util::terminal::Terminal;
 
 /// Ctrl-A, the escape key (as in QEMU): Ctrl-A x leaves, Ctrl-A Ctrl-A
 /// sends one Ctrl-A to the guest.
@@ -12,36 +15,55 @@ pub const ESCAPE: u8 = 0x01;
 /// The key that, after [`ESCAPE`], leaves the console.
 pub const ESCAPE_QUIT: u8 = b'x';
 
-/// The terminal settings saved before going raw, for every exit path.
-static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// Whether this process put stdin's terminal in raw mode and has not
+/// restored it yet, for every exit path.
+static RAW_MODE: AtomicBool = AtomicBool::new(false);
+
+/// Standard input's descriptor as a vmm-sys-util [`Terminal`].
+///
+/// vmm-sys-util implements the trait for `StdinLock`, but the console
+/// input thread holds that lock while it blocks in `read`: restoring the
+/// terminal through it (at the end of a run, or from a panic hook) would
+/// wait for the next key press. This handle takes no lock.
+struct StdinTerminal;
+
+// SAFETY: descriptor 0 is standard input for the whole life of the process
+// (nothing in this VMM closes it), so the descriptor returned is valid for
+// at least as long as any `StdinTerminal`.
+unsafe impl Terminal for StdinTerminal {
+    fn tty_fd(&self) -> RawFd {
+        libc::STDIN_FILENO
+    }
+}
 
 /// Puts standard input's terminal in raw mode (no echo, no line editing,
 /// no signals from keys: Ctrl-C goes to the guest) and restores it when
 /// dropped. Output processing stays on, so host messages keep their line
 /// breaks.
+///
+/// Through vmm-sys-util's [`Terminal`]: `set_raw_mode` clears only `ICANON`,
+/// `ECHO` and `ISIG` in the local flags and never touches the output flags,
+/// so `OPOST` (and with it `ONLCR`) stays as the user had it; dropping (or
+/// [`restore_terminal`]) calls `set_canon_mode`, which sets those three
+/// flags again. The input flags are left as they were too: where the
+/// terminal has them, Ctrl-S/Ctrl-Q flow control (`IXON`) stays with the
+/// host and Enter reaches the guest as a line feed (`ICRNL`).
 #[derive(Debug)]
 pub struct RawTerminal(());
 
 impl RawTerminal {
-    /// Switches stdin to raw mode; `None` when stdin is not a terminal.
+    /// Switches stdin to raw mode; `None` when stdin is not a terminal or
+    /// its mode cannot be changed.
     pub fn enable() -> Option<RawTerminal> {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+        if !std::io::stdin().is_terminal() {
             return None;
         }
-        // SAFETY: termios is plain data; all-zero is a valid value to fill.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: `saved` is a valid termios to write into.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: `raw` is a valid termios; cfmakeraw only edits its flags.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        raw.c_oflag |= libc::OPOST;
-        *SAVED_TERMIOS.lock().unwrap_or_else(PoisonError::into_inner) = Some(saved);
-        // SAFETY: `raw` is a valid termios for this descriptor.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+        // Set first, so that a panic on another thread restores the mode
+        // even while it is being changed.
+        RAW_MODE.store(true, Ordering::SeqCst);
+        if let Err(err) = StdinTerminal.set_raw_mode() {
+            RAW_MODE.store(false, Ordering::SeqCst);
+            log::warn!("cannot put the terminal in raw mode: {err}");
             return None;
         }
         Some(RawTerminal(()))
@@ -54,13 +76,15 @@ impl Drop for RawTerminal {
     }
 }
 
-/// Restores the terminal settings saved by [`RawTerminal::enable`], if any.
-/// Safe to call more than once, e.g. from a panic hook.
+/// Takes the terminal out of the raw mode [`RawTerminal::enable`] set
+/// (canonical mode, echo and signals from keys again), if it did. Safe to
+/// call more than once and from any thread, e.g. from a panic hook: it
+/// waits for no lock.
 pub fn restore_terminal() {
-    let saved = SAVED_TERMIOS.lock().unwrap_or_else(PoisonError::into_inner).take();
-    if let Some(saved) = saved {
-        // SAFETY: `saved` came from tcgetattr on the same descriptor.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
+    if RAW_MODE.swap(false, Ordering::SeqCst)
+        && let Err(err) = StdinTerminal.set_canon_mode()
+    {
+        log::warn!("cannot restore the terminal's mode: {err}");
     }
 }
 
