@@ -53,7 +53,7 @@ impl RunControl {
 
 /// Exit status for a run stopped by signal `signal`: 128 + its number, as
 /// shells report it.
-pub fn signal_exit_status(signal: libc::c_int) -> u8 {
+fn signal_exit_status(signal: libc::c_int) -> u8 {
     u8::try_from(128 + signal).unwrap_or(u8::MAX)
 }
 

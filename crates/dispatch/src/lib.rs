@@ -34,10 +34,10 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_vcpu::Vcpu;
 
-pub use control::{BlockedSignals, RunControl, signal_exit_status};
-pub use outcome::*;
-use stats::Classified;
-pub use stats::{ExitReason, ExitStats, TOP_ADDRESSES, stats_json};
+pub use control::{BlockedSignals, RunControl};
+pub use outcome::{EXIT_VMM_ERROR, Outcome, ResetCause};
+use stats::{Classified, ExitReason};
+pub use stats::{ExitStats, stats_json};
 
 /// Counters of accesses no device claimed.
 #[derive(Debug, Default)]

@@ -3,17 +3,17 @@
 use std::fmt;
 
 /// Exit status: the guest stopped cleanly (halt, power-off, reset).
-pub const EXIT_CLEAN: u8 = 0;
+const EXIT_CLEAN: u8 = 0;
 /// Exit status: the VMM failed (bad input, KVM error).
 pub const EXIT_VMM_ERROR: u8 = 2;
 /// Exit status: KVM could not emulate a guest instruction (internal error).
-pub const EXIT_INTERNAL_ERROR: u8 = 4;
+const EXIT_INTERNAL_ERROR: u8 = 4;
 /// Exit status: KVM could not enter the guest (invalid guest state).
-pub const EXIT_FAIL_ENTRY: u8 = 6;
+const EXIT_FAIL_ENTRY: u8 = 6;
 /// Exit status: the guest reported a crash (SYSTEM_EVENT crash).
-pub const EXIT_GUEST_CRASH: u8 = 8;
+const EXIT_GUEST_CRASH: u8 = 8;
 /// Exit status: an exit reason this VMM does not handle.
-pub const EXIT_UNHANDLED: u8 = 10;
+const EXIT_UNHANDLED: u8 = 10;
 
 /// Why the guest was reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

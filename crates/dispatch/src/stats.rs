@@ -9,11 +9,11 @@ use std::time::Duration;
 use kvm_ioctls::VcpuExit;
 
 /// How many ports and MMIO addresses the reports list.
-pub const TOP_ADDRESSES: usize = 5;
+const TOP_ADDRESSES: usize = 5;
 
 /// The exit reasons counted separately.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ExitReason {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitReason {
     /// Port read.
     IoIn,
     /// Port write.
@@ -40,7 +40,7 @@ pub enum ExitReason {
 
 impl ExitReason {
     /// Every reason, in report order.
-    pub const ALL: [ExitReason; 11] = [
+    const ALL: [ExitReason; 11] = [
         ExitReason::IoIn,
         ExitReason::IoOut,
         ExitReason::MmioRead,
@@ -55,7 +55,7 @@ impl ExitReason {
     ];
 
     /// The reason's name in reports and JSON keys.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             ExitReason::IoIn => "io_in",
             ExitReason::IoOut => "io_out",
@@ -98,18 +98,18 @@ impl Classified {
     }
 }
 
-/// One vCPU's exit statistics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One vCPU's exit statistics, filled by [`Dispatcher::run`](crate::Dispatcher::run).
+#[derive(Debug, Default)]
 pub struct ExitStats {
     /// The vCPU.
-    pub vcpu: u8,
+    vcpu: u8,
     counts: HashMap<&'static str, u64>,
     ports: HashMap<u16, u64>,
     mmio: HashMap<u64, u64>,
     /// Time spent inside KVM_RUN (running the guest, and KVM's own work).
-    pub run_time: Duration,
+    pub(crate) run_time: Duration,
     /// Time spent in the VMM handling exits.
-    pub handle_time: Duration,
+    pub(crate) handle_time: Duration,
 }
 
 impl ExitStats {
@@ -134,22 +134,22 @@ impl ExitStats {
     }
 
     /// Exits of `reason`.
-    pub fn count(&self, reason: ExitReason) -> u64 {
+    fn count(&self, reason: ExitReason) -> u64 {
         self.counts.get(reason.name()).copied().unwrap_or(0)
     }
 
     /// All exits.
-    pub fn total(&self) -> u64 {
+    fn total(&self) -> u64 {
         self.counts.values().sum()
     }
 
     /// The ports with the most exits, most first (ties by port).
-    pub fn top_ports(&self) -> Vec<(u16, u64)> {
+    fn top_ports(&self) -> Vec<(u16, u64)> {
         top(&self.ports)
     }
 
     /// The MMIO addresses with the most exits, most first.
-    pub fn top_mmio(&self) -> Vec<(u64, u64)> {
+    fn top_mmio(&self) -> Vec<(u64, u64)> {
         top(&self.mmio)
     }
 
@@ -178,7 +178,7 @@ impl ExitStats {
     }
 
     /// A JSON object.
-    pub fn to_json(&self) -> String {
+    fn to_json(&self) -> String {
         let counts: Vec<String> = ExitReason::ALL
             .iter()
             .map(|reason| format!("\"{}\": {}", reason.name(), self.count(*reason)))
