@@ -259,7 +259,7 @@ fn check(
 
     // What the machine writes after loading, before the guest starts.
     if loaded.protocol.wants_pc_machine() {
-        mptable::write(ram, cpus).expect("MP table");
+        mptable::write(ram, cpus, &[]).expect("MP table");
     }
 
     // Everything the loader says it loaded is intact.

@@ -122,6 +122,15 @@ pub struct Cli {
     #[arg(long, value_name = "TARGET", default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialTarget,
 
+    /// A virtio-blk disk, `path=FILE[,readonly=on|off][,id=NAME]` (Cloud
+    /// Hypervisor's syntax); repeatable: /dev/vda, /dev/vdb, ...
+    #[arg(long, value_name = "path=FILE[,readonly=on|off][,id=NAME]")]
+    pub disk: Vec<String>,
+
+    /// A virtio-rng entropy device, optionally `src=PATH` [default source: /dev/urandom].
+    #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<String>,
+
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else warn].
     #[arg(long, value_name = "LEVEL", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,
@@ -172,6 +181,26 @@ mod tests {
         assert_eq!(cli.exit_stats, Some("/tmp/s.json".into()));
         let cli = Cli::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
         assert_eq!(cli.exit_stats, None);
+    }
+
+    #[test]
+    fn disks_repeat_and_rng_takes_an_optional_source() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--disk",
+            "path=a",
+            "--rng",
+            "--disk",
+            "path=b,readonly=on",
+        ])
+        .unwrap();
+        assert_eq!(cli.disk, ["path=a", "path=b,readonly=on"]);
+        assert_eq!(cli.rng.as_deref(), Some(""));
+        let cli = Cli::try_parse_from(["vmm", "--kernel", "k", "--rng", "src=/dev/zero"]).unwrap();
+        assert_eq!(cli.rng.as_deref(), Some("src=/dev/zero"));
+        assert_eq!(Cli::try_parse_from(["vmm", "--kernel", "k"]).unwrap().rng, None);
     }
 
     #[test]

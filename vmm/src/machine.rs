@@ -1,41 +1,67 @@
 //! Composition: the VM, its devices and vCPUs, from the command line.
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
 use seccompiler::BpfProgram;
-use vm_device::bus::{PioAddress, PioRange};
-use vm_device::device_manager::{IoManager, PioManager};
-use vmm_devices::console::{self, PumpEnd, RawTerminal};
-use vmm_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
-use vmm_devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg};
-use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
-use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, SerialPort};
+use vmm_devices::console::{self, RawTerminal};
+use vmm_devices::serial::{COM1_IRQ, SerialPort};
 use vmm_devices::{EventFdTrigger, ExitRequest};
 use vmm_dispatch::{
     BlockedSignals, Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json,
 };
 use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_vcpu::seccomp::{self, ThreadKind};
+use vmm_vcpu::thread::VcpuThread;
 use vmm_vcpu::{CpuTopology, Vm};
+use vmm_virtio::block::Block;
+use vmm_virtio::rng::Rng;
 
 use crate::cli::{Boot, Cli, SerialTarget};
+use crate::config::{parse_disk, parse_rng};
+use crate::devices::{DeviceManager, legacy_bus};
+use crate::event_loop::EventLoop;
 
-type Serial = Mutex<SerialPort<Box<dyn Write + Send>>>;
+/// The guest's COM1, shared by the port bus (vCPU threads) and the
+/// console input (the event loop).
+pub type Serial = Mutex<SerialPort<Box<dyn Write + Send>>>;
+
+/// The signals that stop the run.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// Turns device requests (debug exit, reset) into the run's outcome.
-struct DeviceRequests(Arc<RunControl>);
+#[derive(Clone)]
+struct DeviceRequests(Arc<RunControl>, Arc<EventFd>);
+
+impl DeviceRequests {
+    fn finish(&self, outcome: Outcome) {
+        self.0.finish(outcome);
+        let _ = self.1.write(1);
+    }
+}
 
 impl ExitRequest for DeviceRequests {
     fn debug_exit(&self, value: u32) {
-        self.0.finish(Outcome::DebugExit { value });
+        self.finish(Outcome::DebugExit { value });
     }
 
     fn reset(&self) {
-        self.0.finish(Outcome::Reset { vcpu: 0, cause: ResetCause::Device });
+        self.finish(Outcome::Reset { vcpu: 0, cause: ResetCause::Device });
+    }
+}
+
+/// Wakes the event loop when a vCPU thread ends, however it ends (its
+/// outcome is already reported to the run's control, or it panicked).
+struct WakeOnExit(Arc<EventFd>);
+
+impl Drop for WakeOnExit {
+    fn drop(&mut self) {
+        let _ = self.0.write(1);
     }
 }
 
@@ -48,31 +74,6 @@ fn serial_output(target: &SerialTarget) -> anyhow::Result<Box<dyn Write + Send>>
                 .with_context(|| format!("cannot create serial output file {}", path.display()))?,
         ),
     })
-}
-
-/// The legacy devices on the port I/O bus; fw_cfg tells the guest the RAM
-/// size and CPU count.
-fn build_bus(
-    serial: Arc<Serial>,
-    control: &Arc<RunControl>,
-    ram_size: u64,
-    cpus: u8,
-) -> anyhow::Result<IoManager> {
-    let mut bus = IoManager::new();
-    bus.register_pio(PioRange::new(PioAddress(COM1_PORT), SERIAL_PORT_LEN)?, serial)
-        .context("cannot register the serial port")?;
-    let debug_exit = Arc::new(Mutex::new(DebugExit::new(DeviceRequests(control.clone()))));
-    bus.register_pio(PioRange::new(PioAddress(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?, debug_exit)
-        .context("cannot register the debug-exit port")?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(DeviceRequests(control.clone()))));
-    for port in [I8042_DATA_PORT, I8042_COMMAND_PORT] {
-        bus.register_pio(PioRange::new(PioAddress(port), 1)?, i8042.clone())
-            .context("cannot register the i8042 controller")?;
-    }
-    let fw_cfg = Arc::new(Mutex::new(FwCfg::new(ram_size, u16::from(cpus))));
-    bus.register_pio(PioRange::new(PioAddress(FW_CFG_PORT), FW_CFG_PORT_LEN)?, fw_cfg)
-        .context("cannot register fw_cfg")?;
-    Ok(bus)
 }
 
 fn boot_protocol(boot: Boot) -> BootProtocol {
@@ -137,39 +138,6 @@ impl Sandbox {
     }
 }
 
-/// Feeds host stdin to the guest's UART on its own thread, in raw mode when
-/// stdin is a terminal (Ctrl-A x then leaves).
-fn start_console_input(
-    serial: Arc<Serial>,
-    control: Arc<RunControl>,
-    escape: bool,
-) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("console".into())
-        .spawn(move || {
-            let push = |bytes: &[u8]| {
-                serial.lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(bytes)
-            };
-            let end = console::pump_input(std::io::stdin().lock(), push, escape, || {
-                control.should_stop()
-            });
-            match end {
-                PumpEnd::Quit => {
-                    control.finish(Outcome::Stopped {
-                        reason: "console escape (Ctrl-A x)".into(),
-                        status: 0,
-                    });
-                }
-                PumpEnd::Error(kind) => log::warn!("console input stopped: {kind}"),
-                PumpEnd::EndOfInput | PumpEnd::Stopped => {
-                    log::debug!("console input ended: {end:?}")
-                }
-            }
-        })
-        .context("cannot start the console input thread")?;
-    Ok(())
-}
-
 /// Where `--exit-stats` goes: stderr as text, or a file as JSON. The file
 /// is created before the guest runs, so a bad path fails early.
 enum StatsSink {
@@ -204,128 +172,261 @@ impl StatsSink {
     }
 }
 
+/// Opens every `--disk` and `--rng` and places them in `devices`; returns
+/// the kernel command-line entries that announce them.
+fn add_virtio_devices(
+    cli: &Cli,
+    ram: &GuestRam,
+    devices: &mut DeviceManager,
+) -> anyhow::Result<Vec<String>> {
+    let mut entries = Vec::new();
+    let mut opened: Vec<(u64, u64, std::path::PathBuf)> = Vec::new();
+    for (index, option) in cli.disk.iter().enumerate() {
+        let disk = parse_disk(option)?;
+        let context = || format!("--disk {option}");
+        // The same file twice would be two devices writing one image.
+        if let Ok(meta) = std::fs::metadata(&disk.path) {
+            let key = (meta.dev(), meta.ino());
+            if let Some((_, _, first)) = opened.iter().find(|(dev, ino, _)| (*dev, *ino) == key) {
+                bail!(
+                    "--disk {option}: {} is already a disk ({})",
+                    disk.path.display(),
+                    first.display()
+                );
+            }
+            opened.push((key.0, key.1, disk.path.clone()));
+        }
+        let block =
+            Block::open(&disk.path, disk.readonly, disk.id.as_deref()).with_context(context)?;
+        let name = format!("virtio-blk {} (/dev/vd{})", disk.path.display(), disk_letter(index));
+        entries.push(devices.add_virtio(&name, block, ram.memory())?);
+    }
+    if let Some(option) = &cli.rng {
+        let rng = parse_rng(option)?;
+        let source = std::fs::File::open(&rng.src).with_context(|| {
+            format!("--rng {option}: cannot open the entropy source {}", rng.src.display())
+        })?;
+        entries.push(devices.add_virtio("virtio-rng", Rng::new(source), ram.memory())?);
+    }
+    Ok(entries)
+}
+
+/// The letter of the guest's n-th virtio disk (vda, vdb, ...).
+fn disk_letter(index: usize) -> char {
+    char::from(b'a' + (index % 26) as u8)
+}
+
+/// The machine: the VM with its RAM, the vCPUs (created and set up, not
+/// yet running), the device manager and the event loop that serves the
+/// devices while the vCPUs run.
+pub struct Machine {
+    vm: Vm,
+    vcpus: Vec<vmm_vcpu::Vcpu>,
+    devices: DeviceManager,
+    dispatcher: Arc<Dispatcher>,
+    serial: Arc<Serial>,
+    serial_room: EventFd,
+    control: Arc<RunControl>,
+    /// Signalled when the run ends, to wake the event loop.
+    finished: Arc<EventFd>,
+    sandbox: Sandbox,
+    stats_sink: Option<StatsSink>,
+    exit_stats: bool,
+}
+
+impl Machine {
+    /// Builds the machine the command line describes: user input first
+    /// (RAM size, devices, image), so mistakes are reported even where KVM
+    /// is unusable, then KVM.
+    pub fn build(cli: &Cli) -> anyhow::Result<Machine> {
+        let control = Arc::new(RunControl::new());
+        let sandbox = Sandbox::new(cli.seccomp == "on").map_err(crate::flag_hints::vcpu_error)?;
+        // Blocked before any other thread exists, so that every thread
+        // inherits the mask; the event loop takes them through a signalfd.
+        let _blocked =
+            BlockedSignals::block(&STOP_SIGNALS).context("cannot block the stop signals")?;
+        let finished = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?);
+
+        let ram = GuestRam::new(cli.memory)?;
+        let mut devices = DeviceManager::new()?;
+        let entries = add_virtio_devices(cli, &ram, &mut devices)?;
+        let mut cmdline = cli.cmdline.clone();
+        if !entries.is_empty() {
+            let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
+            cmdline = Some(format!("{base} {}", entries.join(" ")));
+        }
+        let options = LoadOptions {
+            load_addr: cli.load_addr,
+            entry: cli.entry,
+            boot: boot_protocol(cli.boot),
+            cmdline,
+            initrd: cli.initrd.clone(),
+            unpack_bzimage: cli.unpack_bzimage,
+        };
+        let image = vmm_loader::load_image(&ram, &cli.kernel, &options)
+            .map_err(crate::flag_hints::loader_error)?;
+        let pc = image.protocol.wants_pc_machine();
+        let irqchip = pc || cli.irqchip;
+        if cli.cpus > 1 && !irqchip {
+            bail!(
+                "--cpus {} needs the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip",
+                cli.cpus
+            );
+        }
+        if !devices.virtio.is_empty() && !irqchip {
+            bail!(
+                "virtio devices (--disk, --rng) need the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip"
+            );
+        }
+        if pc {
+            mptable::write(&ram, cli.cpus, &devices.gsis())?;
+        }
+
+        let kvm = vmm_vcpu::kvm::open(&cli.kvm_device)?;
+        let max_cpus = kvm.get_max_vcpus();
+        if usize::from(cli.cpus) > max_cpus {
+            bail!("--cpus {} is more than KVM allows here ({max_cpus})", cli.cpus);
+        }
+        let ram_size = ram.size_bytes();
+        let vm = Vm::new(&kvm, ram)?;
+        if irqchip {
+            vm.create_irqchip()?;
+        }
+
+        let stats_sink = cli.exit_stats.as_deref().map(StatsSink::open).transpose()?;
+        let serial_room = EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?;
+        let serial = SerialPort::with_input_room(
+            EventFdTrigger::new()?,
+            serial_room.try_clone()?,
+            serial_output(&cli.serial)?,
+        );
+        if irqchip {
+            vm.fd()
+                .register_irqfd(serial.interrupt().event_fd(), COM1_IRQ)
+                .context("cannot connect the serial port's interrupt (KVM_IRQFD)")?;
+        }
+        let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
+        let requests = DeviceRequests(control.clone(), finished.clone());
+        let mut bus = legacy_bus(serial.clone(), requests, ram_size, cli.cpus)?;
+        devices.attach(vm.fd(), &mut bus)?;
+        let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)));
+
+        let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
+        // Every vCPU exists and is set up before any runs: a guest may send
+        // INIT/SIPI to the others as soon as it starts, and an IPI to a vCPU
+        // not created yet is lost.
+        let mut vcpus = Vec::new();
+        for index in 0..cli.cpus {
+            let mut vcpu = vm.create_vcpu(&kvm, index, topology)?;
+            vcpu.setup_platform(irqchip)?;
+            // Secondary CPUs wait for INIT/SIPI from the guest (in-kernel LAPIC).
+            if index == 0 {
+                match image.entry {
+                    EntryPoint::RealMode { segment, ip } => vcpu.setup_real_mode(segment, ip)?,
+                    EntryPoint::ProtectedMode { eip, ebx, eax } => {
+                        vcpu.setup_protected_mode(eip, ebx, eax)?
+                    }
+                    EntryPoint::LongMode { rip, rsi } => vcpu.setup_long_mode(rip, rsi)?,
+                }
+            }
+            vcpus.push(vcpu);
+        }
+        Ok(Machine {
+            vm,
+            vcpus,
+            devices,
+            dispatcher,
+            serial,
+            serial_room,
+            control,
+            finished,
+            sandbox,
+            stats_sink,
+            exit_stats: cli.exit_stats.is_some(),
+        })
+    }
+
+    /// Starts the vCPUs, serves the devices on this thread until the run
+    /// ends, and returns how it ended.
+    pub fn run(self) -> anyhow::Result<Outcome> {
+        let Machine {
+            vm,
+            vcpus,
+            devices,
+            dispatcher,
+            serial,
+            serial_room,
+            control,
+            finished,
+            sandbox,
+            stats_sink,
+            exit_stats,
+        } = self;
+        let mut event_loop = EventLoop::new(control.clone(), finished.try_clone()?)?;
+        for slot in &devices.virtio {
+            let notifiers =
+                slot.notifiers.iter().map(EventFd::try_clone).collect::<std::io::Result<_>>()?;
+            event_loop.add_queues(slot.transport(), notifiers);
+        }
+        event_loop.add_stop_signals(&STOP_SIGNALS)?;
+        let terminal = RawTerminal::enable();
+        if !console::stdin_is_null() {
+            event_loop.add_console_input(serial.clone(), serial_room, terminal.is_some());
+        }
+
+        let mut threads: Vec<VcpuThread<Option<ExitStats>>> = Vec::new();
+        for vcpu in vcpus {
+            let (dispatcher, control) = (dispatcher.clone(), control.clone());
+            let mut stats = exit_stats.then(|| ExitStats::new(vcpu.index()));
+            let sandbox = sandbox.clone();
+            let wake = WakeOnExit(finished.clone());
+            threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
+                let _wake = wake;
+                if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {
+                    dispatcher.run(vcpu, &control, stats.as_mut());
+                }
+                stats
+            })?);
+        }
+
+        // The event loop's filter goes on once every thread is started.
+        if sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control)
+            && let Err(err) = event_loop.run()
+        {
+            control.finish(Outcome::VmmError { error: format!("{err:#}") });
+        }
+        let outcome = control.wait();
+        for thread in &threads {
+            thread.kick();
+        }
+        let mut stats = Vec::new();
+        for thread in threads {
+            match thread.join() {
+                Ok(vcpu_stats) => stats.extend(vcpu_stats),
+                Err(_) => log::error!("a vCPU thread panicked"),
+            }
+        }
+        drop(terminal);
+        if let Err(err) = serial.lock().unwrap_or_else(PoisonError::into_inner).flush() {
+            log::warn!("cannot flush the serial output: {err}");
+        }
+        let unclaimed = dispatcher.stats();
+        log::debug!(
+            "unclaimed accesses: {} port, {} MMIO",
+            unclaimed.unclaimed_pio.load(Ordering::Relaxed),
+            unclaimed.unclaimed_mmio.load(Ordering::Relaxed)
+        );
+        if let Some(sink) = stats_sink {
+            sink.write(&stats)?;
+        }
+        drop(devices);
+        drop(vm);
+        Ok(outcome)
+    }
+}
+
 /// Builds the machine the command line describes, runs it to its end and
 /// returns how it ended.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    let control = Arc::new(RunControl::new());
-    let sandbox = Sandbox::new(cli.seccomp == "on")?;
-    // Blocked before any other thread exists, so that every thread inherits
-    // the mask; the signal thread that takes them starts once the guest runs.
-    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-        .context("cannot block the stop signals")?;
-
-    // User input first (RAM size, image), so mistakes are reported even
-    // where KVM is unusable.
-    let ram = GuestRam::new(cli.memory)?;
-    let options = LoadOptions {
-        load_addr: cli.load_addr,
-        entry: cli.entry,
-        boot: boot_protocol(cli.boot),
-        cmdline: cli.cmdline.clone(),
-        initrd: cli.initrd.clone(),
-        unpack_bzimage: cli.unpack_bzimage,
-    };
-    let image = vmm_loader::load_image(&ram, &cli.kernel, &options)?;
-    let pc = image.protocol.wants_pc_machine();
-    let irqchip = pc || cli.irqchip;
-    if cli.cpus > 1 && !irqchip {
-        bail!(
-            "--cpus {} needs the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip",
-            cli.cpus
-        );
-    }
-    if pc {
-        mptable::write(&ram, cli.cpus)?;
-    }
-
-    let kvm = vmm_vcpu::kvm::open(&cli.kvm_device)?;
-    let max_cpus = kvm.get_max_vcpus();
-    if usize::from(cli.cpus) > max_cpus {
-        bail!("--cpus {} is more than KVM allows here ({max_cpus})", cli.cpus);
-    }
-    let ram_size = ram.size_bytes();
-    let vm = Vm::new(&kvm, ram)?;
-    if irqchip {
-        vm.create_irqchip()?;
-    }
-
-    let stats_sink = cli.exit_stats.as_deref().map(StatsSink::open).transpose()?;
-    let serial = SerialPort::new(EventFdTrigger::new()?, serial_output(&cli.serial)?);
-    if irqchip {
-        vm.fd()
-            .register_irqfd(serial.interrupt().event_fd(), COM1_IRQ)
-            .context("cannot connect the serial port's interrupt (KVM_IRQFD)")?;
-    }
-    let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
-    let bus = build_bus(serial.clone(), &control, ram_size, cli.cpus)?;
-    let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)));
-
-    let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
-    // Every vCPU exists and is set up before any runs: a guest may send
-    // INIT/SIPI to the others as soon as it starts, and an IPI to a vCPU
-    // not created yet is lost.
-    let mut vcpus = Vec::new();
-    for index in 0..cli.cpus {
-        let mut vcpu = vm.create_vcpu(&kvm, index, topology)?;
-        vcpu.setup_platform(irqchip)?;
-        // Secondary CPUs wait for INIT/SIPI from the guest (in-kernel LAPIC).
-        if index == 0 {
-            match image.entry {
-                EntryPoint::RealMode { segment, ip } => vcpu.setup_real_mode(segment, ip)?,
-                EntryPoint::ProtectedMode { eip, ebx, eax } => {
-                    vcpu.setup_protected_mode(eip, ebx, eax)?
-                }
-                EntryPoint::LongMode { rip, rsi } => vcpu.setup_long_mode(rip, rsi)?,
-            }
-        }
-        vcpus.push(vcpu);
-    }
-    let mut threads = Vec::new();
-    for vcpu in vcpus {
-        let (dispatcher, control) = (dispatcher.clone(), control.clone());
-        let mut stats = cli.exit_stats.is_some().then(|| ExitStats::new(vcpu.index()));
-        let sandbox = sandbox.clone();
-        threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
-            if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {
-                dispatcher.run(vcpu, &control, stats.as_mut());
-            }
-            stats
-        })?);
-    }
-
-    // The main thread's filter goes on before the signal and console
-    // threads start: they inherit it.
-    let terminal = RawTerminal::enable();
-    let pump_stdin = !console::stdin_is_null();
-    sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control);
-    signals.stop_run_on_them(control.clone()).context("cannot start the signal thread")?;
-    if pump_stdin {
-        start_console_input(serial.clone(), control.clone(), terminal.is_some())?;
-    }
-
-    let outcome = control.wait();
-    for thread in &threads {
-        thread.kick();
-    }
-    let mut stats = Vec::new();
-    for thread in threads {
-        match thread.join() {
-            Ok(vcpu_stats) => stats.extend(vcpu_stats),
-            Err(_) => log::error!("a vCPU thread panicked"),
-        }
-    }
-    drop(terminal);
-    if let Err(err) = serial.lock().unwrap_or_else(PoisonError::into_inner).flush() {
-        log::warn!("cannot flush the serial output: {err}");
-    }
-    let unclaimed = dispatcher.stats();
-    log::debug!(
-        "unclaimed accesses: {} port, {} MMIO",
-        unclaimed.unclaimed_pio.load(Ordering::Relaxed),
-        unclaimed.unclaimed_mmio.load(Ordering::Relaxed)
-    );
-    if let Some(sink) = stats_sink {
-        sink.write(&stats)?;
-    }
-    Ok(outcome)
+    Machine::build(cli)?.run()
 }

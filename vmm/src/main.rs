@@ -5,6 +5,10 @@
 //! turn it into the process exit status. Everything else lives in the crates.
 
 mod cli;
+mod config;
+mod devices;
+mod event_loop;
+mod flag_hints;
 mod machine;
 
 use std::process::ExitCode;

@@ -1,11 +1,11 @@
 //! The host side of a serial console: the terminal in raw mode while the
-//! guest owns it, and a pump that feeds host input into the UART's receive
-//! FIFO without dropping a byte.
+//! guest owns it, and the input buffer that feeds host input into the
+//! UART's receive FIFO without dropping a byte.
 
-use std::io::{IsTerminal, Read};
+use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use vmm_sys_util::terminal::Terminal;
 
@@ -98,19 +98,6 @@ pub fn stdin_is_null() -> bool {
     stdin.file_type().is_char_device() && stdin.rdev() == null.rdev()
 }
 
-/// What [`pump_input`] ended with.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PumpEnd {
-    /// The input reached its end.
-    EndOfInput,
-    /// The user typed the escape sequence to leave.
-    Quit,
-    /// `stopped` returned true.
-    Stopped,
-    /// Reading failed.
-    Error(std::io::ErrorKind),
-}
-
 /// Filters the escape sequence out of host input.
 #[derive(Debug, Default)]
 struct EscapeFilter {
@@ -119,135 +106,133 @@ struct EscapeFilter {
 
 impl EscapeFilter {
     /// Appends what the guest should get from `input` to `out`; true when
-    /// the user asked to quit.
-    fn filter(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+    /// the user asked to quit (the rest of `input` is dropped).
+    fn filter(&mut self, input: &[u8], out: &mut VecDeque<u8>) -> bool {
         for &byte in input {
             if self.after_escape {
                 self.after_escape = false;
                 match byte {
                     ESCAPE_QUIT => return true,
-                    ESCAPE => out.push(ESCAPE),
-                    other => out.extend_from_slice(&[ESCAPE, other]),
+                    ESCAPE => out.push_back(ESCAPE),
+                    other => out.extend([ESCAPE, other]),
                 }
             } else if byte == ESCAPE {
                 self.after_escape = true;
             } else {
-                out.push(byte);
+                out.push_back(byte);
             }
         }
         false
     }
 }
 
-/// Copies `input` into a receive FIFO through `push`, which takes what
-/// fits and returns how many bytes it took; waits for room rather than
-/// dropping bytes. With `escape`, Ctrl-A x ends the pump with
-/// [`PumpEnd::Quit`]. Returns when the input ends or `stopped()` is true.
-pub fn pump_input(
-    mut input: impl Read,
-    mut push: impl FnMut(&[u8]) -> usize,
-    escape: bool,
-    stopped: impl Fn() -> bool,
-) -> PumpEnd {
-    let mut buffer = [0u8; 256];
-    let mut filter = EscapeFilter::default();
-    let mut pending = Vec::with_capacity(512);
-    loop {
-        let read = match input.read(&mut buffer) {
-            Ok(0) => return PumpEnd::EndOfInput,
-            Ok(read) => read,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => return PumpEnd::Error(err.kind()),
-        };
-        pending.clear();
-        let quit = if escape {
-            filter.filter(&buffer[..read], &mut pending)
-        } else {
-            pending.extend_from_slice(&buffer[..read]);
-            false
-        };
-        let mut rest = &pending[..];
-        while !rest.is_empty() {
-            if stopped() {
-                return PumpEnd::Stopped;
+/// Host input on its way to the UART's receive FIFO, for an event loop:
+/// [`ConsoleInput::feed`] what stdin gave, [`ConsoleInput::deliver`] what the
+/// FIFO takes; while bytes are pending the loop stops reading stdin and
+/// waits for the FIFO to empty (the serial port's input-room event), so no
+/// byte is ever dropped and nothing polls.
+#[derive(Debug)]
+pub struct ConsoleInput {
+    escape: Option<EscapeFilter>,
+    pending: VecDeque<u8>,
+}
+
+impl ConsoleInput {
+    /// With `escape`, Ctrl-A x asks to leave and Ctrl-A Ctrl-A sends one
+    /// Ctrl-A; without, every byte is data.
+    pub fn new(escape: bool) -> ConsoleInput {
+        ConsoleInput { escape: escape.then(EscapeFilter::default), pending: VecDeque::new() }
+    }
+
+    /// Takes bytes read from the host; true when the user asked to leave.
+    pub fn feed(&mut self, input: &[u8]) -> bool {
+        match &mut self.escape {
+            Some(filter) => filter.filter(input, &mut self.pending),
+            None => {
+                self.pending.extend(input);
+                false
             }
-            let taken = push(rest).min(rest.len());
-            rest = &rest[taken..];
+        }
+    }
+
+    /// Hands pending bytes, in order, to `push`, which takes what fits and
+    /// returns how many it took; stops when it takes none. True when
+    /// nothing is left pending.
+    pub fn deliver(&mut self, mut push: impl FnMut(&[u8]) -> usize) -> bool {
+        while !self.pending.is_empty() {
+            let (front, _) = self.pending.as_slices();
+            let taken = push(front).min(front.len());
             if taken == 0 {
-                // The guest has not drained the FIFO yet.
-                std::thread::sleep(Duration::from_millis(1));
+                return false;
             }
+            self.pending.drain(..taken);
         }
-        if quit {
-            return PumpEnd::Quit;
-        }
-        if stopped() {
-            return PumpEnd::Stopped;
-        }
+        true
+    }
+
+    /// True when bytes wait for room in the FIFO.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
 
-    #[test]
-    fn every_byte_arrives_in_order_even_when_the_fifo_is_small() {
-        let input: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    /// Feeds `input` in chunks of 5, delivering into a FIFO that takes at
+    /// most 7 bytes and is full every other time.
+    fn run(input: &[u8], escape: bool) -> (Vec<u8>, bool) {
+        let mut console = ConsoleInput::new(escape);
         let mut got = Vec::new();
         let mut calls = 0;
-        let end = pump_input(
-            Cursor::new(input.clone()),
-            |bytes| {
+        for chunk in input.chunks(5) {
+            if console.feed(chunk) {
+                console.deliver(|bytes| {
+                    got.extend_from_slice(bytes);
+                    bytes.len()
+                });
+                return (got, true);
+            }
+            while !console.deliver(|bytes| {
                 calls += 1;
-                // Full every other call, else room for 7 bytes.
                 let room = if calls % 2 == 0 { 0 } else { 7 };
                 let n = room.min(bytes.len());
                 got.extend_from_slice(&bytes[..n]);
                 n
-            },
-            false,
-            || false,
-        );
-        assert_eq!(end, PumpEnd::EndOfInput);
-        assert_eq!(got, input);
+            }) {}
+        }
+        (got, false)
+    }
+
+    #[test]
+    fn every_byte_arrives_in_order_even_when_the_fifo_is_small() {
+        let input: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        assert_eq!(run(&input, false), (input, false));
     }
 
     #[test]
     fn ctrl_a_x_quits_and_ctrl_a_ctrl_a_sends_one_ctrl_a() {
-        let mut got = Vec::new();
-        let end = pump_input(
-            Cursor::new(b"ab\x01\x01c\x01dx\x01xzzz".to_vec()),
-            |bytes| {
-                got.extend_from_slice(bytes);
-                bytes.len()
-            },
-            true,
-            || false,
-        );
-        assert_eq!(end, PumpEnd::Quit);
-        assert_eq!(got, b"ab\x01c\x01dx");
+        assert_eq!(run(b"ab\x01\x01c\x01dx\x01xzzz", true), (b"ab\x01c\x01dx".to_vec(), true));
     }
 
     #[test]
     fn without_escape_ctrl_a_is_data() {
-        let mut got = Vec::new();
-        pump_input(
-            Cursor::new(b"\x01x".to_vec()),
-            |b| {
-                got.extend_from_slice(b);
-                b.len()
-            },
-            false,
-            || false,
-        );
-        assert_eq!(got, b"\x01x");
+        assert_eq!(run(b"\x01x", false), (b"\x01x".to_vec(), false));
     }
 
     #[test]
-    fn a_stop_request_ends_the_pump_while_waiting_for_room() {
-        let end = pump_input(Cursor::new(b"abc".to_vec()), |_| 0, false, || true);
-        assert_eq!(end, PumpEnd::Stopped);
+    fn a_full_fifo_keeps_bytes_pending() {
+        let mut console = ConsoleInput::new(false);
+        console.feed(b"abc");
+        assert!(!console.deliver(|_| 0));
+        assert!(console.has_pending());
+        let mut got = Vec::new();
+        assert!(console.deliver(|b| {
+            got.extend_from_slice(b);
+            b.len()
+        }));
+        assert_eq!(got, b"abc");
+        assert!(!console.has_pending());
     }
 }

@@ -5,7 +5,8 @@ use std::io::Write;
 use vm_device::MutDevicePio;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_superio::Serial;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::EventFdTrigger;
 
@@ -16,9 +17,27 @@ pub const SERIAL_PORT_LEN: u16 = 8;
 /// The ISA interrupt line of COM1.
 pub const COM1_IRQ: u32 = 4;
 
+/// Signals an eventfd when the guest has emptied the receive FIFO, so that
+/// whoever feeds it knows there is room again.
+#[derive(Debug)]
+pub struct InputRoom(Option<EventFd>);
+
+impl SerialEvents for InputRoom {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(event) = &self.0
+            && let Err(err) = event.write(1)
+        {
+            log::warn!("serial: cannot signal input room: {err}");
+        }
+    }
+}
+
 /// A UART whose transmitted bytes go to `W`.
 pub struct SerialPort<W: Write> {
-    uart: Serial<EventFdTrigger, NoEvents, W>,
+    uart: Serial<EventFdTrigger, InputRoom, W>,
 }
 
 impl<W: Write> std::fmt::Debug for SerialPort<W> {
@@ -30,7 +49,13 @@ impl<W: Write> std::fmt::Debug for SerialPort<W> {
 impl<W: Write> SerialPort<W> {
     /// Creates a UART that raises `interrupt` and writes its output to `out`.
     pub fn new(interrupt: EventFdTrigger, out: W) -> Self {
-        SerialPort { uart: Serial::new(interrupt, out) }
+        SerialPort { uart: Serial::with_events(interrupt, InputRoom(None), out) }
+    }
+
+    /// Like [`SerialPort::new`], and signals `input_room` each time the
+    /// guest has read the receive FIFO empty.
+    pub fn with_input_room(interrupt: EventFdTrigger, input_room: EventFd, out: W) -> Self {
+        SerialPort { uart: Serial::with_events(interrupt, InputRoom(Some(input_room)), out) }
     }
 
     /// The interrupt line, to wire to the guest's interrupt controller.

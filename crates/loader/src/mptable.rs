@@ -33,6 +33,8 @@ const INT_EXTINT: u8 = 3;
 const ISA_BUS_ID: u8 = 0;
 /// Number of ISA interrupt lines routed to I/O APIC pins of the same number.
 const ISA_IRQS: u8 = 16;
+/// Pins of the (KVM in-kernel) I/O APIC.
+pub const IOAPIC_PINS: u8 = 24;
 /// Most CPUs the table can describe: APIC ids are 8 bits and the I/O APIC
 /// takes the id after the last CPU.
 pub const MAX_CPUS: u8 = 254;
@@ -43,7 +45,10 @@ fn checksum(bytes: &[u8]) -> u8 {
 
 /// Builds the MP floating pointer and configuration table for `cpus` CPUs
 /// (APIC ids 0..cpus, CPU 0 the bootstrap processor), placed at `address`.
-pub fn build(cpus: u8, address: u64) -> Result<Vec<u8>> {
+/// The ISA interrupts 0-15 go to the I/O APIC pins of the same number;
+/// each of `irqs` above them (I/O APIC pins 16-23, e.g. those of virtio-mmio
+/// devices) gets an entry of its own, so the guest can route it.
+pub fn build(cpus: u8, address: u64, irqs: &[u32]) -> Result<Vec<u8>> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(Error::MpTable(format!("{cpus} CPUs; the MP table takes 1 to {MAX_CPUS}")));
     }
@@ -60,7 +65,21 @@ pub fn build(cpus: u8, address: u64) -> Result<Vec<u8>> {
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, CPU_ENABLED]);
     entries.extend_from_slice(&(layout::IOAPIC_DEFAULT_BASE as u32).to_le_bytes());
-    for irq in 0..ISA_IRQS {
+    let mut extra: Vec<u8> = Vec::new();
+    for &irq in irqs {
+        match u8::try_from(irq) {
+            Ok(irq) if irq < ISA_IRQS => {}
+            Ok(irq) if irq < IOAPIC_PINS => extra.push(irq),
+            _ => {
+                return Err(Error::MpTable(format!(
+                    "interrupt {irq} is beyond the I/O APIC's {IOAPIC_PINS} pins"
+                )));
+            }
+        }
+    }
+    extra.sort_unstable();
+    extra.dedup();
+    for irq in (0..ISA_IRQS).chain(extra.iter().copied()) {
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
             INT_VECTORED,
@@ -75,7 +94,7 @@ pub fn build(cpus: u8, address: u64) -> Result<Vec<u8>> {
     // Every local APIC: LINT0 takes the 8259's ExtINT, LINT1 the NMI.
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_EXTINT, 0, 0, ISA_BUS_ID, 0, 0xff, 0]);
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_NMI, 0, 0, ISA_BUS_ID, 0, 0xff, 1]);
-    let entry_count = u16::from(cpus) + 1 + 1 + u16::from(ISA_IRQS) + 2;
+    let entry_count = u16::from(cpus) + 1 + 1 + u16::from(ISA_IRQS) + extra.len() as u16 + 2;
 
     let table_address = address + FLOATING_POINTER_LEN as u64;
     let mut table = Vec::with_capacity(HEADER_LEN + entries.len());
@@ -101,9 +120,10 @@ pub fn build(cpus: u8, address: u64) -> Result<Vec<u8>> {
     Ok(floating)
 }
 
-/// Writes the MP table for `cpus` CPUs at [`layout::MPTABLE_START`].
-pub fn write(ram: &GuestRam, cpus: u8) -> Result<()> {
-    let bytes = build(cpus, layout::MPTABLE_START)?;
+/// Writes the MP table for `cpus` CPUs and the interrupts `irqs` at
+/// [`layout::MPTABLE_START`].
+pub fn write(ram: &GuestRam, cpus: u8, irqs: &[u32]) -> Result<()> {
+    let bytes = build(cpus, layout::MPTABLE_START, irqs)?;
     if !ram.contains_range(layout::MPTABLE_START, bytes.len() as u64) {
         return Err(Error::MpTable("guest RAM ends before the EBDA".into()));
     }
@@ -120,7 +140,7 @@ mod tests {
 
     #[test]
     fn floating_pointer_and_table_checksum_to_zero() {
-        let bytes = build(2, 0x9_fc00).unwrap();
+        let bytes = build(2, 0x9_fc00, &[]).unwrap();
         let sum = |b: &[u8]| b.iter().fold(0u8, |s, x| s.wrapping_add(*x));
         assert_eq!(&bytes[..4], b"_MP_");
         assert_eq!(sum(&bytes[..16]), 0);
@@ -136,7 +156,7 @@ mod tests {
 
     #[test]
     fn cpus_have_consecutive_apic_ids_and_one_bootstrap() {
-        let bytes = build(3, 0x9_fc00).unwrap();
+        let bytes = build(3, 0x9_fc00, &[]).unwrap();
         let cpus = &bytes[16 + HEADER_LEN..];
         for cpu in 0..3 {
             let entry = &cpus[cpu * PROCESSOR_ENTRY_LEN..];
@@ -148,9 +168,27 @@ mod tests {
     }
 
     #[test]
+    fn interrupts_above_the_isa_range_get_their_own_entries() {
+        let isa_only = build(1, 0x9_fc00, &[4, 5, 15]).unwrap();
+        let with_high = build(1, 0x9_fc00, &[5, 17, 16, 17]).unwrap();
+        let count = |b: &[u8]| u16::from_le_bytes([b[16 + 34], b[16 + 35]]);
+        assert_eq!(count(&isa_only), 1 + 1 + 1 + 16 + 2);
+        assert_eq!(count(&with_high), count(&isa_only) + 2);
+        assert_eq!(with_high.len(), isa_only.len() + 2 * OTHER_ENTRY_LEN);
+        // The two new I/O interrupt entries follow the 16 ISA ones: pins 16, 17.
+        let first_io = 16 + HEADER_LEN + PROCESSOR_ENTRY_LEN + 2 * OTHER_ENTRY_LEN;
+        let entry = |i: usize| &with_high[first_io + i * OTHER_ENTRY_LEN..][..OTHER_ENTRY_LEN];
+        assert_eq!((entry(16)[0], entry(16)[5], entry(16)[7]), (ENTRY_IO_INTERRUPT, 16, 16));
+        assert_eq!((entry(17)[5], entry(17)[7]), (17, 17));
+        let sum = with_high[16..].iter().fold(0u8, |s, x| s.wrapping_add(*x));
+        assert_eq!(sum, 0);
+    }
+
+    #[test]
     fn cpu_count_is_checked() {
-        assert!(build(0, 0).is_err());
-        assert!(build(255, 0).is_err());
-        assert!(build(254, 0).is_ok());
+        assert!(build(0, 0, &[]).is_err());
+        assert!(build(255, 0, &[]).is_err());
+        assert!(build(254, 0, &[]).is_ok());
+        assert!(build(1, 0, &[24]).is_err());
     }
 }

@@ -82,6 +82,16 @@ pub const IOAPIC_DEFAULT_BASE: u64 = 0xfec0_0000;
 pub const MMIO_HOLE_START: u64 = 3 * GIB;
 /// End of the MMIO hole (exclusive); RAM continues here.
 pub const MMIO_HOLE_END: u64 = 4 * GIB;
+/// Start of the window of virtio-mmio devices, inside the hole: one 4 KiB
+/// slot per device (as in rust-vmm's vmm-reference).
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Size of the virtio-mmio window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x10_0000;
+/// The first interrupt (I/O APIC pin, GSI) given to virtio-mmio devices:
+/// above the PC's COM1 (4); up to 23, the in-kernel I/O APIC's last pin.
+pub const VIRTIO_FIRST_GSI: u32 = 5;
+/// The last interrupt given to virtio-mmio devices.
+pub const VIRTIO_LAST_GSI: u32 = 23;
 /// Address of KVM's three-page TSS area (KVM_SET_TSS_ADDR), inside the hole.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Address of KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR), inside the hole.

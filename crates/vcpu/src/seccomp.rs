@@ -71,9 +71,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
-/// Extra system calls of the non-vCPU threads: reading stdin, waiting for
-/// signals, kicking vCPU threads, and starting the console and signal
-/// threads (which inherit the main thread's filter).
+/// Extra system calls of the event-loop (main) thread: reading stdin,
+/// eventfds and signals, serving device queues (disk and entropy I/O),
+/// kicking and joining vCPU threads.
 const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_read,
     libc::SYS_rt_sigtimedwait,
@@ -84,6 +84,16 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_sched_getaffinity,
+    // The event loop and the devices it serves: waiting on descriptors,
+    // reading eventfds, a signalfd and the entropy source, disk I/O.
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
 ];
 
 /// A rule matching calls whose argument `index` equals `value` (an ioctl
