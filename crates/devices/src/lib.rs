@@ -1,23 +1,4 @@
-//! Legacy PC devices for a VMM, on vm-device's bus traits.
-//!
-//! Devices here know nothing of KVM: they are driven through
-//! [`vm_device::MutDevicePio`] and report to the VMM through small traits
-//! ([`ExitRequest`]) and event file descriptors ([`EventFdTrigger`]), so they
-//! are tested with plain buffers.
-//!
-//! ```
-//! use std::sync::{Arc, Mutex};
-//! use vm_device::bus::{PioAddress, PioRange};
-//! use vm_device::device_manager::{IoManager, PioManager};
-//! use vmm_devices::{serial::SerialPort, EventFdTrigger};
-//!
-//! let serial = SerialPort::new(EventFdTrigger::new().unwrap(), Vec::new());
-//! let serial = Arc::new(Mutex::new(serial));
-//! let mut bus = IoManager::new();
-//! bus.register_pio(PioRange::new(PioAddress(0x3f8), 8).unwrap(), serial.clone()).unwrap();
-//! bus.pio_write(PioAddress(0x3f8), b"A").unwrap();
-//! assert_eq!(serial.lock().unwrap().output(), b"A");
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod console;

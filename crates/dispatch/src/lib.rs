@@ -1,23 +1,4 @@
-//! Routing KVM vCPU exits to device buses.
-//!
-//! [`Dispatcher::handle`] turns one `VcpuExit` into an action: port and MMIO
-//! accesses go to the device registered at that address on a vm-device
-//! [`IoManager`]; an access no device claims reads all-ones, is otherwise
-//! ignored, counted and logged at debug level; the exits that end a run
-//! become an [`Outcome`]. [`Dispatcher::run`] is the vCPU loop around it,
-//! stopping when a [`RunControl`] says so.
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use vm_device::device_manager::IoManager;
-//! use vmm_dispatch::{Dispatcher, RunControl};
-//! # fn vcpu() -> vmm_vcpu::Vcpu { unimplemented!() }
-//!
-//! let dispatcher = Dispatcher::new(Arc::new(IoManager::new()));
-//! let control = RunControl::new();
-//! let outcome = dispatcher.run(&mut vcpu(), &control, None);
-//! println!("{outcome}, exit status {}", outcome.exit_status());
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod control;

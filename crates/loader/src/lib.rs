@@ -1,39 +1,4 @@
-//! Loading guest images into guest memory.
-//!
-//! The format is recognised from the image's content ([`ImageFormat::detect`]),
-//! never from its file name:
-//! - **raw** images are copied to a load address (default
-//!   [`layout::RAW_IMAGE_DEFAULT_LOAD`]) and started in 16-bit real mode with
-//!   CS = load address >> 4, IP = entry - load address;
-//! - **ELF64** x86-64 images are validated here, loaded by linux-loader's ELF
-//!   loader at their physical addresses (BSS zeroed), and started:
-//!   - through **PVH** (32-bit protected mode, EBX = `hvm_start_info`) when
-//!     they carry a XEN_ELFNOTE_PHYS32_ENTRY note,
-//!   - through the **64-bit Linux boot protocol** (long mode, RSI = zero
-//!     page) when they are a vmlinux without that note (a "Linux" ELF note),
-//!   - otherwise **bare**, in 64-bit long mode at their entry point;
-//! - **bzImage** kernels are loaded by linux-loader and started at their
-//!   64-bit entry with a zero page built from their setup header;
-//! - **multiboot** v1 kernels (a header with magic 0x1BADB002 in the first
-//!   8192 bytes: ELF32 i386 images, or any image through the a.out kludge)
-//!   are started in 32-bit protected mode with EAX = 0x2BADB002 and EBX =
-//!   the multiboot information ([`multiboot`]).
-//!
-//! Linux boots take a command line and an initrd; [`mptable`] describes the
-//! CPUs to a guest without ACPI.
-//!
-//! ```no_run
-//! use vmm_loader::{load_image, EntryPoint, LoadOptions};
-//! use vmm_memory::GuestRam;
-//!
-//! let ram = GuestRam::new(128).unwrap();
-//! let image = load_image(&ram, "guest.bin".as_ref(), &LoadOptions::default()).unwrap();
-//! match image.entry {
-//!     EntryPoint::RealMode { segment, ip } => println!("start at {segment:#x}:{ip:#x}"),
-//!     EntryPoint::ProtectedMode { eip, .. } => println!("start at {eip:#x} (32-bit)"),
-//!     EntryPoint::LongMode { rip, .. } => println!("start at {rip:#x} (64-bit)"),
-//! }
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod elf;

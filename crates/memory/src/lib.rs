@@ -1,18 +1,4 @@
-//! Guest RAM for a KVM x86-64 virtual machine.
-//!
-//! [`GuestRam`] allocates anonymous, lazily backed memory on top of
-//! vm-memory's [`GuestMemoryMmap`], lays it out around the MMIO hole below
-//! 4 GiB (see [`layout`]), describes it as an e820-style map, and registers
-//! it with a KVM VM.
-//!
-//! ```
-//! use vmm_memory::{GuestRam, MemoryKind};
-//!
-//! let ram = GuestRam::new(64).unwrap();
-//! assert_eq!(ram.size_bytes(), 64 << 20);
-//! let map = ram.e820_map();
-//! assert_eq!(map[0].kind, MemoryKind::Ram);
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod layout;

@@ -1,24 +1,4 @@
-//! KVM virtual machine and vCPU set-up for x86-64 guests.
-//!
-//! - [`kvm::open`] opens `/dev/kvm` (or another path), checks the API version
-//!   and the capabilities this crate relies on, with errors a user can act on;
-//! - [`Vm`] creates the VM and registers guest RAM with it;
-//! - [`Vcpu`] creates a vCPU and puts it in 16-bit real mode or 64-bit long
-//!   mode (GDT, identity page tables over the first 4 GiB, CR0/CR4/EFER);
-//! - [`thread::spawn`] runs a vCPU on its own thread, and
-//!   [`thread::VcpuThread::kick`] forces it out of `KVM_RUN` from any other
-//!   thread (a signal that sets `immediate_exit`), so nothing ever waits on a
-//!   guest that does not exit by itself.
-//!
-//! ```no_run
-//! use vmm_memory::GuestRam;
-//! use vmm_vcpu::{kvm, Vm};
-//!
-//! let kvm = kvm::open(kvm::DEFAULT_DEVICE).unwrap();
-//! let vm = Vm::new(&kvm, GuestRam::new(128).unwrap()).unwrap();
-//! let mut vcpu = vm.create_vcpu(&kvm, 0, Default::default()).unwrap();
-//! vcpu.setup_real_mode(0x100, 0).unwrap();
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod cpuid;
@@ -73,8 +53,9 @@ pub enum Error {
     /// Installing the kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
-    /// Building or installing a seccomp filter failed.
-    #[error("seccomp filter: {0} (--seccomp off runs without filters)")]
+    /// Building or installing a seccomp filter failed (running without
+    /// filters would avoid it).
+    #[error("seccomp filter: {0}")]
     Seccomp(String),
     /// Spawning a vCPU thread failed.
     #[error("cannot spawn the vCPU thread: {0}")]
