@@ -37,6 +37,21 @@ fn triple_fault_is_reported_as_a_reset_with_status_0() {
 }
 
 #[test]
+fn a_bare_guest_triple_fault_is_a_warning_with_its_rip() {
+    require_kvm!();
+    // At the default log level (warn): one line, with the faulting RIP.
+    let run = run_vmm(&["--kernel", guest("triple_fault.elf").to_str().unwrap()]);
+    run.assert_status(0);
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("triple fault")).collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("triple fault at RIP 0x"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn unclaimed_ports_and_mmio_read_all_ones_and_are_logged() {
     require_kvm!();
     let run =

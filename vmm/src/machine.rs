@@ -309,7 +309,10 @@ impl Machine {
         let requests = DeviceRequests(control.clone(), finished.clone());
         let mut bus = legacy_bus(serial.clone(), requests, ram_size, cli.cpus)?;
         devices.attach(vm.fd(), &mut bus)?;
-        let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)));
+        // Linux resets with a triple fault on purpose (reboot=t); a bare
+        // image that triple-faults has crashed.
+        let bare = matches!(image.protocol, BootProtocol::Bare);
+        let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)).report_triple_faults(bare));
 
         let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
         // Every vCPU exists and is set up before any runs: a guest may send

@@ -46,6 +46,7 @@ pub enum Step {
 pub struct Dispatcher {
     bus: Arc<IoManager>,
     stats: Stats,
+    report_triple_faults: bool,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -57,7 +58,16 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher over `bus`.
     pub fn new(bus: Arc<IoManager>) -> Self {
-        Dispatcher { bus, stats: Stats::default() }
+        Dispatcher { bus, stats: Stats::default(), report_triple_faults: false }
+    }
+
+    /// Logs a triple fault at warn level with the vCPU's RIP. A triple
+    /// fault still ends the run as a reset (it cannot be told from Linux's
+    /// `reboot=t`), but for a guest that has no reason to reset itself it
+    /// is a crash worth a line.
+    pub fn report_triple_faults(mut self, report: bool) -> Self {
+        self.report_triple_faults = report;
+        self
     }
 
     /// The unclaimed-access counters.
@@ -178,7 +188,20 @@ impl Dispatcher {
             }
             match step {
                 Step::Continue => {}
-                Step::Finish(outcome) => break outcome,
+                Step::Finish(outcome) => {
+                    if self.report_triple_faults
+                        && matches!(outcome, Outcome::Reset { cause: ResetCause::TripleFault, .. })
+                    {
+                        let at = vcpu.fault_context().map_or_else(
+                            |_| "an unknown RIP".to_owned(),
+                            |context| format!("RIP {:#x}", context.rip),
+                        );
+                        log::warn!(
+                            "vCPU {index}: triple fault at {at}; the guest is reset (exit status 0)"
+                        );
+                    }
+                    break outcome;
+                }
                 Step::Halt => {
                     break Outcome::Halted {
                         vcpu: index,
