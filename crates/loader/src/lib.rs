@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use format::ImageFormat;
 pub use linux::{DEFAULT_CMDLINE, VMLINUX_CMDLINE_MAX};
-use vmm_memory::{GuestRam, layout};
+use vmm_memory::{GuestRam, MemoryKind, layout};
 
 /// Errors from reading, validating or loading an image.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +41,7 @@ pub enum Error {
     #[error("image {0} is empty")]
     Empty(PathBuf),
     /// The image file alone is larger than all of guest RAM.
-    #[error(
-        "image {path} ({size} bytes) is larger than guest RAM ({ram} bytes); give more --memory"
-    )]
+    #[error("image {path} ({size} bytes) is larger than guest RAM ({ram} bytes)")]
     LargerThanRam {
         /// The image path.
         path: PathBuf,
@@ -53,10 +51,10 @@ pub enum Error {
         ram: u64,
     },
     /// A load option does not apply to the image's format.
-    #[error("{option} does not apply to {format} images")]
+    #[error("{} does not apply to {format} images", .option.with_article())]
     OptionNotForFormat {
-        /// The option's name.
-        option: &'static str,
+        /// The option.
+        option: LoadOption,
         /// The image format.
         format: &'static str,
     },
@@ -99,15 +97,13 @@ pub enum Error {
         /// Memory size.
         size: u64,
         /// Why it cannot be loaded.
-        reason: String,
+        reason: SegmentProblem,
     },
     /// The bzImage cannot be booted.
     #[error("invalid bzImage: {0}")]
     InvalidBzImage(String),
     /// The kernel needs more RAM than the guest has.
-    #[error(
-        "the kernel needs guest RAM up to {needed:#x}, but low RAM ends at {ram:#x}; give more --memory"
-    )]
+    #[error("the kernel needs guest RAM up to {needed:#x}, but low RAM ends at {ram:#x}")]
     KernelDoesNotFit {
         /// End of the RAM the kernel needs.
         needed: u64,
@@ -126,9 +122,7 @@ pub enum Error {
     #[error("invalid kernel command line: {0}")]
     InvalidCmdline(String),
     /// The initrd does not fit between the kernel and the top of RAM.
-    #[error(
-        "initrd {path} ({size} bytes) does not fit in guest RAM between {from:#x} and {to:#x}; give more --memory"
-    )]
+    #[error("initrd {path} ({size} bytes) does not fit in guest RAM between {from:#x} and {to:#x}")]
     InitrdDoesNotFit {
         /// The initrd path.
         path: PathBuf,
@@ -174,12 +168,12 @@ pub enum Error {
         /// Size in memory, BSS included.
         size: u64,
         /// Why it cannot be loaded.
-        reason: String,
+        reason: SegmentProblem,
     },
     /// The multiboot module does not fit between the kernel and the end of RAM.
     #[error(
         "multiboot module {path} ({size} bytes) does not fit in guest RAM between {from:#x} \
-         and {to:#x}; give more --memory"
+         and {to:#x}"
     )]
     ModuleDoesNotFit {
         /// The module's path.
@@ -215,6 +209,109 @@ pub enum Error {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A load option, as an error names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadOption {
+    /// [`LoadOptions::load_addr`].
+    LoadAddr,
+    /// [`LoadOptions::entry`].
+    Entry,
+    /// [`LoadOptions::cmdline`].
+    Cmdline,
+    /// [`LoadOptions::initrd`].
+    Initrd,
+}
+
+impl LoadOption {
+    /// What the option sets, e.g. "command line".
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadOption::LoadAddr => "load address",
+            LoadOption::Entry => "entry point",
+            LoadOption::Cmdline => "command line",
+            LoadOption::Initrd => "initrd",
+        }
+    }
+
+    /// The name with its indefinite article, e.g. "a command line".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            LoadOption::LoadAddr => "a load address",
+            LoadOption::Entry => "an entry point",
+            LoadOption::Cmdline => "a command line",
+            LoadOption::Initrd => "an initrd",
+        }
+    }
+}
+
+/// Why a segment cannot be loaded: an ELF program header
+/// ([`Error::BadSegment`]) or the range a multiboot header's a.out kludge
+/// loads ([`Error::BadLoadRange`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentProblem {
+    /// Its file part is larger than the memory it fills.
+    #[error("has a file size ({filesz:#x}) larger than its memory size")]
+    FileLargerThanMemory {
+        /// The file size.
+        filesz: u64,
+    },
+    /// Its file part ends past the end of the file.
+    #[error(
+        "reads {filesz:#x} bytes at file offset {offset:#x}, past the end of the file \
+         ({file_len} bytes)"
+    )]
+    PastEndOfFile {
+        /// The file size of the segment.
+        filesz: u64,
+        /// Its offset in the file.
+        offset: u64,
+        /// The length of the file.
+        file_len: u64,
+    },
+    /// It reaches above 4 GiB, which a 32-bit kernel cannot address.
+    #[error("ends above 4 GiB")]
+    Above4Gib,
+    /// It does not lie in guest RAM (an ELF64 image's segment).
+    #[error("does not fit in guest RAM ({ram} bytes)")]
+    DoesNotFitInRam {
+        /// The RAM size.
+        ram: u64,
+    },
+    /// It does not lie in guest RAM (a multiboot kernel's segment).
+    #[error("lies outside guest RAM ({ram} bytes)")]
+    OutsideRam {
+        /// The RAM size.
+        ram: u64,
+    },
+    /// It lies in RAM, but the memory map the guest is given reserves part
+    /// of it.
+    #[error("overlaps the EBDA and BIOS area ({start:#x}-{end:#x}), which the memory map reserves")]
+    ReservedInMemoryMap {
+        /// Start of the reserved area.
+        start: u64,
+        /// End (exclusive) of the reserved area.
+        end: u64,
+    },
+    /// It overlaps guest memory the VMM writes boot data into
+    /// ([`layout::BOOT_DATA_RANGES`]).
+    #[error("overlaps {what} at {start:#x}-{end:#x}")]
+    OverlapsBootData {
+        /// What the VMM keeps there.
+        what: &'static str,
+        /// Start of the boot data range.
+        start: u64,
+        /// End (exclusive) of the boot data range.
+        end: u64,
+    },
+    /// It overlaps an earlier segment of the same image.
+    #[error("overlaps segment {0}")]
+    OverlapsSegment(usize),
+    /// It overlaps an earlier range of the same image that is not an ELF
+    /// segment.
+    #[error("overlaps another segment")]
+    OverlapsRange,
+}
 
 /// How to start an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -337,7 +434,10 @@ pub fn load_bytes(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result
         return Ok(loaded);
     }
     if format != ImageFormat::Raw && options.load_addr.is_some() {
-        return Err(Error::OptionNotForFormat { option: "--load-addr", format: format.name() });
+        return Err(Error::OptionNotForFormat {
+            option: LoadOption::LoadAddr,
+            format: format.name(),
+        });
     }
     let loaded = match format {
         ImageFormat::Raw => {
@@ -362,10 +462,10 @@ pub fn load_bytes(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result
 
 fn refuse_linux_options(options: &LoadOptions, format: &'static str) -> Result<()> {
     if options.cmdline.is_some() {
-        return Err(Error::OptionNotForFormat { option: "--cmdline", format });
+        return Err(Error::OptionNotForFormat { option: LoadOption::Cmdline, format });
     }
     if options.initrd.is_some() {
-        return Err(Error::OptionNotForFormat { option: "--initrd", format });
+        return Err(Error::OptionNotForFormat { option: LoadOption::Initrd, format });
     }
     Ok(())
 }
@@ -381,7 +481,7 @@ fn load_bzimage(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<L
         }
     }
     if options.entry.is_some() {
-        return Err(Error::OptionNotForFormat { option: "--entry", format: "bzImage" });
+        return Err(Error::OptionNotForFormat { option: LoadOption::Entry, format: "bzImage" });
     }
     if options.unpack_bzimage {
         let header = linux::BzImageHeader::parse(image)?;
@@ -447,14 +547,13 @@ fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<Loade
     Ok(LoadedImage { format: ImageFormat::Elf, protocol, entry, ranges: elf.ranges })
 }
 
-/// If `[start, start + len)` overlaps guest memory the VMM writes boot
-/// data into, says which (as "overlaps ... at A-B").
-pub(crate) fn boot_data_overlap(start: u64, len: u64) -> Option<String> {
-    let end = start.saturating_add(len);
-    layout::BOOT_DATA_RANGES
+/// Whether `[start, start + len)` lies in one RAM entry of the memory map the
+/// guest is given (so not in the EBDA, the BIOS area or the MMIO hole).
+pub(crate) fn in_usable_ram(ram: &GuestRam, start: u64, len: u64) -> bool {
+    let Some(end) = start.checked_add(len) else { return false };
+    ram.e820_map()
         .iter()
-        .find(|(from, to, _)| start < *to && *from < end)
-        .map(|(from, to, what)| format!("overlaps {what} at {from:#x}-{to:#x}"))
+        .any(|e| e.kind == MemoryKind::Ram && start >= e.start && end <= e.start + e.size)
 }
 
 /// Reads a whole image file, refusing empty files and files larger than RAM
@@ -533,7 +632,48 @@ mod tests {
         let ram = GuestRam::new(1).unwrap();
         let options = LoadOptions { load_addr: Some(0x1000), ..Default::default() };
         let err = load_bytes(&ram, b"\x7fELF\x02\x01\x01", &options).unwrap_err();
-        assert!(matches!(err, Error::OptionNotForFormat { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::OptionNotForFormat { option: LoadOption::LoadAddr, format: "ELF" }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "a load address does not apply to ELF images");
+    }
+
+    #[test]
+    fn errors_name_values_not_command_line_flags() {
+        let path = PathBuf::from("file");
+        let options =
+            [LoadOption::LoadAddr, LoadOption::Entry, LoadOption::Cmdline, LoadOption::Initrd];
+        let errors = options
+            .map(|option| Error::OptionNotForFormat { option, format: "raw" })
+            .into_iter()
+            .chain([
+                Error::LargerThanRam { path: path.clone(), size: 2, ram: 1 },
+                Error::KernelDoesNotFit { needed: 0x20_0000, ram: 0x10_0000 },
+                Error::InitrdDoesNotFit { path: path.clone(), size: 2, from: 0, to: 1 },
+                Error::ModuleDoesNotFit { path, size: 2, from: 0, to: 1 },
+                Error::BadSegment {
+                    index: 0,
+                    addr: 0x10_0000,
+                    size: 1,
+                    reason: SegmentProblem::OutsideRam { ram: 1 << 20 },
+                },
+            ]);
+        for err in errors {
+            assert!(!err.to_string().contains("--"), "{err}");
+        }
+        let names = options.map(LoadOption::name);
+        assert_eq!(names, ["load address", "entry point", "command line", "initrd"]);
+        let err = Error::OptionNotForFormat { option: LoadOption::Initrd, format: "raw" };
+        assert_eq!(err.to_string(), "an initrd does not apply to raw images");
+        let err = Error::KernelDoesNotFit { needed: 0x20_0000, ram: 0x10_0000 };
+        assert_eq!(
+            err.to_string(),
+            "the kernel needs guest RAM up to 0x200000, but low RAM ends at 0x100000"
+        );
     }
 }
 
@@ -556,9 +696,9 @@ mod protocol_tests {
         let image = elf::tests::tiny_elf(0x10_0000, &[0xf4], 0);
         let options = LoadOptions { cmdline: Some("quiet".into()), ..Default::default() };
         let err = load_bytes(&ram, &image, &options).unwrap_err();
-        assert_eq!(err.to_string(), "--cmdline does not apply to bare ELF images");
+        assert_eq!(err.to_string(), "a command line does not apply to bare ELF images");
         let err = load_bytes(&ram, &[0xf4], &options).unwrap_err();
-        assert_eq!(err.to_string(), "--cmdline does not apply to raw images");
+        assert_eq!(err.to_string(), "a command line does not apply to raw images");
     }
 
     #[test]

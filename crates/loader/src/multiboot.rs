@@ -21,9 +21,10 @@ use std::path::Path;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{GuestRam, MemoryKind, layout};
 
-use crate::elf::{u16_at, u32_at};
+use crate::elf::{self, Class, Placement, Segment, u32_at};
 use crate::{
-    BootProtocol, EntryPoint, Error, ImageFormat, LoadOptions, LoadedImage, Result, read_image,
+    BootProtocol, EntryPoint, Error, ImageFormat, LoadOption, LoadOptions, LoadedImage, Result,
+    in_usable_ram, read_image,
 };
 
 /// The magic of a multiboot header.
@@ -72,16 +73,6 @@ const BOOT_LOADER_NAME: &str = "vmm";
 /// Lower memory ends at 640 KiB at most.
 const LOWER_MEMORY_MAX: u64 = 640 << 10;
 const PAGE_SIZE: u64 = 0x1000;
-/// Everything a 32-bit kernel is handed must lie below 4 GiB.
-const FOUR_GIB: u64 = 1 << 32;
-
-const ELF_HEADER32_LEN: usize = 52;
-const ELF_PHDR32_LEN: usize = 32;
-const ELFCLASS32: u8 = 1;
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const EM_386: u16 = 3;
-const PT_LOAD: u32 = 1;
 
 fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
     bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
@@ -196,7 +187,7 @@ pub(crate) fn select(
         },
         BootProtocol::Auto => {
             let Some(found) = found else { return Ok(None) };
-            let elf64 = format == ImageFormat::Elf && image.get(4) == Some(&ELFCLASS64);
+            let elf64 = format == ImageFormat::Elf && image.get(4) == Some(&elf::ELFCLASS64);
             match format {
                 ImageFormat::BzImage => Ok(None),
                 _ if elf64 => match found {
@@ -219,94 +210,13 @@ pub(crate) fn select(
 /// Whether an ELF64 image has a PT_NOTE note named "Linux" (every vmlinux)
 /// or "Xen" (the PVH entry): such an image boots as Linux, not multiboot.
 fn has_linux_or_xen_note(image: &[u8]) -> bool {
-    crate::elf::parse_header(image)
-        .is_ok_and(|header| crate::elf::has_note_named(image, &header, &[b"Linux", b"Xen"]))
+    elf::parse_header(image, Class::Elf64)
+        .is_ok_and(|header| elf::has_note_named(image, &header, &[b"Linux", b"Xen"]))
 }
 
-/// A part of the file that goes to a physical address, with BSS after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Segment {
-    /// The ELF program header index (`None` for the a.out kludge range).
-    index: Option<usize>,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
-
-impl Segment {
-    fn error(&self, reason: String) -> Error {
-        match self.index {
-            Some(index) => Error::BadSegment { index, addr: self.paddr, size: self.memsz, reason },
-            None => Error::BadLoadRange { addr: self.paddr, size: self.memsz, reason },
-        }
-    }
-
-    fn end(&self) -> u64 {
-        self.paddr + self.memsz
-    }
-}
-
-/// Whether `[start, start + len)` lies in one RAM entry of the memory map the
-/// guest is given (so not in the EBDA, the BIOS area or the MMIO hole).
-fn in_usable_ram(ram: &GuestRam, start: u64, len: u64) -> bool {
-    let Some(end) = start.checked_add(len) else { return false };
-    ram.e820_map()
-        .iter()
-        .any(|e| e.kind == MemoryKind::Ram && start >= e.start && end <= e.start + e.size)
-}
-
-/// Checks the segments: inside the file, inside RAM below 4 GiB, above the
-/// boot structures, not overlapping each other.
-fn check_segments(ram: &GuestRam, image_len: usize, segments: &[Segment]) -> Result<()> {
-    for (position, segment) in segments.iter().enumerate() {
-        if segment.filesz > segment.memsz {
-            return Err(segment.error(format!(
-                "has a file size ({:#x}) larger than its memory size",
-                segment.filesz
-            )));
-        }
-        if segment.offset.checked_add(segment.filesz).is_none_or(|end| end > image_len as u64) {
-            return Err(segment.error(format!(
-                "reads {:#x} bytes at file offset {:#x}, past the end of the file ({image_len} \
-                 bytes)",
-                segment.filesz, segment.offset
-            )));
-        }
-        if segment.paddr.checked_add(segment.memsz).is_none_or(|end| end > FOUR_GIB) {
-            return Err(segment.error("ends above 4 GiB".into()));
-        }
-        if !ram.contains_range(segment.paddr, segment.memsz) {
-            return Err(segment.error(format!(
-                "lies outside guest RAM ({} bytes); give more --memory",
-                ram.size_bytes()
-            )));
-        }
-        if !in_usable_ram(ram, segment.paddr, segment.memsz) {
-            return Err(segment.error(format!(
-                "overlaps the EBDA and BIOS area ({:#x}-{:#x}), which the memory map reserves",
-                layout::EBDA_START,
-                layout::HIGH_MEMORY_START
-            )));
-        }
-        if let Some(overlap) = crate::boot_data_overlap(segment.paddr, segment.memsz) {
-            return Err(segment.error(overlap));
-        }
-        if let Some(other) = segments[..position]
-            .iter()
-            .find(|other| segment.paddr < other.end() && other.paddr < segment.end())
-        {
-            return Err(segment.error(match other.index {
-                Some(index) => format!("overlaps segment {index}"),
-                None => "overlaps another segment".into(),
-            }));
-        }
-    }
-    Ok(())
-}
-
-/// The a.out kludge: the header's fields say where the file goes.
-fn kludge_segments(image: &[u8], header: &Header, kludge: &AoutKludge) -> Result<Vec<Segment>> {
+/// The a.out kludge: the header's fields say which part of the file goes
+/// where.
+fn kludge_segment(image: &[u8], header: &Header, kludge: &AoutKludge) -> Result<Segment> {
     let header_addr = u64::from(kludge.header_addr);
     let load_addr = u64::from(kludge.load_addr);
     if load_addr > header_addr {
@@ -337,81 +247,52 @@ fn kludge_segments(image: &[u8], header: &Header, kludge: &AoutKludge) -> Result
              {bss_end:#x} are not in ascending order"
         )));
     }
-    Ok(vec![Segment {
+    Ok(Segment {
         index: None,
         offset,
+        vaddr: load_addr,
         paddr: load_addr,
         filesz: load_end - load_addr,
         memsz: bss_end - load_addr,
-    }])
+    })
+}
+
+/// The segments of a multiboot kernel, checked, and its entry point.
+fn checked_segments(
+    ram: &GuestRam,
+    image: &[u8],
+    format: ImageFormat,
+    header: &Header,
+) -> Result<(Vec<Segment>, u64)> {
+    match (&header.kludge, format) {
+        (Some(kludge), _) => {
+            let segment = kludge_segment(image, header, kludge)?;
+            elf::check_in_file(&segment, image.len())?;
+            elf::check_placement(ram, &segment, &[], Placement::MappedRamBelow4Gib)?;
+            Ok((vec![segment], u64::from(kludge.entry_addr)))
+        }
+        (None, ImageFormat::Elf) => elf32_segments(ram, image),
+        (None, _) => Err(invalid(
+            "the image is not ELF, so its header must give the load addresses \
+             (the a.out kludge, header flag 16)",
+        )),
+    }
 }
 
 /// An ELF32 i386 image: its PT_LOAD segments and entry point (translated
 /// from virtual to physical through the segment that holds it, as GRUB does
 /// for kernels linked at a virtual address).
-fn elf32_segments(image: &[u8]) -> Result<(Vec<Segment>, u64)> {
-    let bad = |message: String| Error::InvalidElf(message);
-    if image.len() < ELF_HEADER32_LEN {
-        return Err(bad(format!(
-            "truncated: {} bytes is shorter than the 52-byte ELF32 header",
-            image.len()
-        )));
-    }
-    if image[4] != ELFCLASS32 {
-        return Err(bad(format!(
-            "ELF class {} is not ELFCLASS32; a multiboot kernel without the a.out kludge \
-             (header flag 16) must be a 32-bit ELF",
-            image[4]
-        )));
-    }
-    if image[5] != ELFDATA2LSB {
-        return Err(bad("not little-endian".into()));
-    }
-    let machine = u16_at(image, 18);
-    if machine != EM_386 {
-        return Err(bad(format!("machine {machine} is not i386 (EM_386 = 3)")));
-    }
-    let entry = u32_at(image, 24);
-    let phoff = u32_at(image, 28) as usize;
-    let phentsize = u16_at(image, 42);
-    let phnum = usize::from(u16_at(image, 44));
-    if usize::from(phentsize) != ELF_PHDR32_LEN {
-        return Err(bad(format!("program header size {phentsize} is not {ELF_PHDR32_LEN}")));
-    }
-    if phoff.checked_add(phnum * ELF_PHDR32_LEN).is_none_or(|end| end > image.len()) {
-        return Err(bad(format!(
-            "truncated: the program header table ({phnum} entries at offset {phoff:#x}) lies \
-             past the end of the file ({} bytes)",
-            image.len()
-        )));
-    }
-    let mut segments = Vec::new();
-    let mut physical_entry = u64::from(entry);
-    for index in 0..phnum {
-        let at = phoff + index * ELF_PHDR32_LEN;
-        if u32_at(image, at) != PT_LOAD {
-            continue;
+fn elf32_segments(ram: &GuestRam, image: &[u8]) -> Result<(Vec<Segment>, u64)> {
+    let header = elf::parse_header(image, Class::Elf32)?;
+    let segments = elf::loadable_segments(ram, image, &header, Placement::MappedRamBelow4Gib)?;
+    let mut entry = header.entry;
+    for segment in &segments {
+        if let Some(offset) = header.entry.checked_sub(segment.vaddr).filter(|o| *o < segment.memsz)
+        {
+            entry = segment.paddr + offset;
         }
-        let vaddr = u32_at(image, at + 8);
-        let segment = Segment {
-            index: Some(index),
-            offset: u64::from(u32_at(image, at + 4)),
-            paddr: u64::from(u32_at(image, at + 12)),
-            filesz: u64::from(u32_at(image, at + 16)),
-            memsz: u64::from(u32_at(image, at + 20)),
-        };
-        if segment.memsz == 0 {
-            continue;
-        }
-        if let Some(offset) = entry.checked_sub(vaddr).filter(|o| u64::from(*o) < segment.memsz) {
-            physical_entry = segment.paddr + u64::from(offset);
-        }
-        segments.push(segment);
     }
-    if segments.is_empty() {
-        return Err(bad("no loadable (PT_LOAD) segment with contents".into()));
-    }
-    Ok((segments, physical_entry))
+    Ok((segments, entry))
 }
 
 /// Places the module at the first page boundary after `image_end` where it
@@ -531,24 +412,15 @@ pub(crate) fn load(
     options: &LoadOptions,
 ) -> Result<LoadedImage> {
     if options.load_addr.is_some() {
-        return Err(Error::OptionNotForFormat { option: "--load-addr", format: "multiboot" });
+        return Err(Error::OptionNotForFormat {
+            option: LoadOption::LoadAddr,
+            format: "multiboot",
+        });
     }
     if header.flags & FLAG_VIDEO_MODE != 0 {
         log::warn!("the multiboot kernel asks for a video mode (header flag 2): ignored, no VBE");
     }
-    let (segments, entry) = match (&header.kludge, format) {
-        (Some(kludge), _) => {
-            (kludge_segments(image, header, kludge)?, u64::from(kludge.entry_addr))
-        }
-        (None, ImageFormat::Elf) => elf32_segments(image)?,
-        (None, _) => {
-            return Err(invalid(
-                "the image is not ELF, so its header must give the load addresses \
-                 (the a.out kludge, header flag 16)",
-            ));
-        }
-    };
-    check_segments(ram, image.len(), &segments)?;
+    let (segments, entry) = checked_segments(ram, image, format, header)?;
     let entry = options.entry.unwrap_or(entry);
     let eip = u32::try_from(entry)
         .ok()
@@ -556,13 +428,7 @@ pub(crate) fn load(
         .ok_or(Error::BadEntry { entry, reason: "it is outside guest RAM below 4 GiB" })?;
 
     for segment in &segments {
-        // In range: check_segments compared the ends with the file and RAM.
-        let start = segment.offset as usize;
-        let contents = &image[start..start + segment.filesz as usize];
-        ram.memory().write_slice(contents, GuestAddress(segment.paddr))?;
-        let bss = usize::try_from(segment.memsz - segment.filesz)
-            .map_err(|_| invalid("BSS larger than the host address space"))?;
-        ram.memory().write_slice(&vec![0u8; bss], GuestAddress(segment.paddr + segment.filesz))?;
+        elf::write_segment(ram, image, segment)?;
         log::debug!(
             "multiboot: {:#x} bytes at {:#x} ({:#x} from file offset {:#x})",
             segment.memsz,
@@ -604,7 +470,11 @@ pub(crate) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::{ELFCLASS32, ELFDATA2LSB, EM_386, PT_LOAD};
     use crate::load_bytes;
+
+    const ELF_HEADER32_LEN: usize = Class::Elf32.header_len();
+    const ELF_PHDR32_LEN: usize = Class::Elf32.phdr_len();
 
     /// A multiboot header with `flags` and a right checksum, followed by the
     /// a.out kludge fields when given.
@@ -880,10 +750,7 @@ mod tests {
         let ram = GuestRam::new(1).unwrap();
         let err = load_bytes(&ram, &kernel(0), &LoadOptions::default()).unwrap_err();
         assert!(matches!(err, Error::BadSegment { index: 0, addr: 0x10_0000, .. }), "{err}");
-        assert!(
-            err.to_string().ends_with("lies outside guest RAM (1048576 bytes); give more --memory"),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with("lies outside guest RAM (1048576 bytes)"), "{err}");
         let ram = GuestRam::new(4).unwrap();
         let image = header(FLAG_AOUT_KLUDGE, Some([0x4000_0000, 0x4000_0000, 0, 0, 0x4000_0000]));
         let err = load_bytes(&ram, &image, &LoadOptions::default()).unwrap_err();
@@ -959,6 +826,16 @@ mod tests {
         put_u32(&mut image, ELF_HEADER32_LEN + 20, 0x1000);
         let err = load_bytes(&ram, &image, &LoadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("past the end of the file"), "{err}");
+        // The checks of ELF64 images apply to ELF32 too: no program headers,
+        // an empty segment with file contents.
+        let mut image = kernel(0);
+        image[44..46].copy_from_slice(&0u16.to_le_bytes());
+        let err = load_bytes(&ram, &image, &LoadOptions::default()).unwrap_err();
+        assert_eq!(err.to_string(), "invalid ELF image: no program headers");
+        let mut image = kernel(0);
+        put_u32(&mut image, ELF_HEADER32_LEN + 20, 0);
+        let err = load_bytes(&ram, &image, &LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("larger than its memory size"), "{err}");
     }
 
     #[test]
@@ -968,7 +845,7 @@ mod tests {
         assert!(err.to_string().contains("a.out kludge"), "{err}");
         let options = LoadOptions { load_addr: Some(0x1000), ..Default::default() };
         let err = load_bytes(&ram, &kernel(0), &options).unwrap_err();
-        assert_eq!(err.to_string(), "--load-addr does not apply to multiboot images");
+        assert_eq!(err.to_string(), "a load address does not apply to multiboot images");
     }
 
     #[test]
