@@ -1,7 +1,8 @@
-//! Deciding, once, how a run ends, and telling every thread.
+//! Deciding, once, how a run ends, and telling every thread; blocking the
+//! signals that end it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use crate::Outcome;
 
@@ -51,24 +52,14 @@ impl RunControl {
     }
 }
 
-/// Exit status for a run stopped by signal `signal`: 128 + its number, as
-/// shells report it.
-fn signal_exit_status(signal: libc::c_int) -> u8 {
-    u8::try_from(128 + signal).unwrap_or(u8::MAX)
-}
-
-/// Signals blocked in the process, waiting for a thread to take them.
+/// Signals blocked in the process, for a thread to take them (e.g.
+/// through a signalfd) rather than a signal handler.
 ///
 /// [`BlockedSignals::block`] blocks them in the calling thread, and so in
-/// every thread it spawns afterwards: call it before spawning any.
-/// [`BlockedSignals::stop_run_on_them`] then starts the thread that takes
-/// them with `sigwait` (no work happens in a signal handler) and ends the
-/// run (`Outcome::Stopped`, status 128 + signal number). A signal that
-/// arrives in between stays pending and is taken then.
+/// every thread it spawns afterwards: call it before spawning any. A signal
+/// that arrives before a thread takes it stays pending.
 #[derive(Debug)]
-pub struct BlockedSignals {
-    set: libc::sigset_t,
-}
+pub struct BlockedSignals(());
 
 impl BlockedSignals {
     /// Blocks `signals` in the calling thread.
@@ -88,41 +79,14 @@ impl BlockedSignals {
         if blocked != 0 {
             return Err(std::io::Error::from_raw_os_error(blocked));
         }
-        Ok(BlockedSignals { set })
-    }
-
-    /// Starts the thread that ends the run when one of the signals comes.
-    pub fn stop_run_on_them(self, control: Arc<RunControl>) -> std::io::Result<()> {
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || wait_for_signals(&self.set, &control))?;
-        Ok(())
-    }
-}
-
-fn wait_for_signals(set: &libc::sigset_t, control: &RunControl) -> ! {
-    loop {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` holds signals blocked in this thread; `signal` is writable.
-        if unsafe { libc::sigwait(set, &mut signal) } != 0 {
-            continue;
-        }
-        let name = match signal {
-            libc::SIGINT => "SIGINT",
-            libc::SIGTERM => "SIGTERM",
-            libc::SIGHUP => "SIGHUP",
-            _ => "a signal",
-        };
-        control.finish(Outcome::Stopped {
-            reason: format!("received {name}"),
-            status: signal_exit_status(signal),
-        });
+        Ok(BlockedSignals(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn first_outcome_wins_and_wakes_the_waiter() {
@@ -136,16 +100,5 @@ mod tests {
         assert!(!control.finish(Outcome::PowerOff { vcpu: 0 }));
         assert!(control.should_stop());
         assert_eq!(waiter.join().unwrap(), Outcome::DebugExit { value: 1 });
-    }
-}
-
-#[cfg(test)]
-mod signal_tests {
-    use super::*;
-
-    #[test]
-    fn signal_statuses_follow_the_shell_convention() {
-        assert_eq!(signal_exit_status(libc::SIGINT), 130);
-        assert_eq!(signal_exit_status(libc::SIGTERM), 143);
     }
 }
