@@ -117,7 +117,8 @@ impl Sandbox {
             ThreadKind::Vmm => &self.vmm,
         };
         if let Some(program) = program {
-            seccomp::apply(program).map_err(|err| format!("{name} thread: {err}"))?;
+            seccomp::apply(program)
+                .map_err(|err| format!("{name} thread: {}", crate::flag_hints::vcpu_error(err)))?;
         }
         if self.violation.as_deref() == Some(name) {
             // SAFETY: socket takes no pointers; with the filter on it never returns.
