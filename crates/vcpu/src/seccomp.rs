@@ -111,7 +111,10 @@ fn seccomp_error(err: impl std::fmt::Display) -> Error {
 /// The ioctl requests a thread kind may make.
 pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
     match kind {
-        ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
+        // TCGETS/TCSETS: a panic hook restores the terminal from any thread.
+        ThreadKind::Vcpu => {
+            vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE, libc::TCGETS, libc::TCSETS]
+        }
         ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS],
     }
 }
