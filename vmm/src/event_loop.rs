@@ -89,12 +89,18 @@ struct Queues {
     notifiers: Vec<EventFd>,
 }
 
+/// Event data of a device's host descriptor `i`: `HOST_FD_DATA + i`.
+const HOST_FD_DATA: u32 = 0x1_0000;
+
 impl MutEventSubscriber for Queues {
     fn process(&mut self, events: Events, _: &mut EventOps) {
-        let index = events.data() as usize;
-        if let Some(notifier) = self.notifiers.get(index) {
+        let data = events.data();
+        let mut transport = self.transport.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(host) = data.checked_sub(HOST_FD_DATA) {
+            transport.host_event(host as usize);
+        } else if let Some(notifier) = self.notifiers.get(data as usize) {
             let _ = notifier.read();
-            self.transport.lock().unwrap_or_else(PoisonError::into_inner).queue_notify(index);
+            transport.queue_notify(data as usize);
         }
     }
 
@@ -102,6 +108,17 @@ impl MutEventSubscriber for Queues {
         for (index, notifier) in self.notifiers.iter().enumerate() {
             if let Err(err) = ops.add(Events::with_data(notifier, index as u32, EventSet::IN)) {
                 log::error!("cannot watch queue notifier {index}: {err:?}");
+            }
+        }
+        let host_fds = self.transport.lock().unwrap_or_else(PoisonError::into_inner).host_fds();
+        for (index, fd) in host_fds.into_iter().enumerate() {
+            // Edge-triggered: the device reads until it would block or has
+            // no buffer, and resumes when the driver adds buffers.
+            let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            if let Err(err) =
+                ops.add(Events::with_data_raw(fd, HOST_FD_DATA + index as u32, events))
+            {
+                log::error!("cannot watch a device's host descriptor {index}: {err:?}");
             }
         }
     }

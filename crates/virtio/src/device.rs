@@ -54,6 +54,27 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: forget everything negotiated.
     fn reset(&mut self) {}
+
+    /// Host descriptors the device wants watched for reading, besides its
+    /// queues (e.g. a tap device), in a fixed order. Watch them
+    /// edge-triggered: a device serves each until it would block or has no
+    /// buffer left, and resumes when the driver adds buffers.
+    fn host_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// Host descriptor `index` of [`VirtioDevice::host_fds`] is readable
+    /// (never called before activation). Returns a bit mask of the queues
+    /// it put used buffers in.
+    fn host_event(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &Memory,
+    ) -> Result<u64, virtio_queue::Error> {
+        let _ = (index, queues, mem);
+        Ok(0)
+    }
 }
 
 /// Something whose queue `index` the driver has notified: what an event
@@ -61,6 +82,17 @@ pub trait VirtioDevice: Send {
 pub trait QueueNotify: Send {
     /// Serves queue `index` (out-of-range or not-ready queues are ignored).
     fn queue_notify(&mut self, index: usize);
+
+    /// The device's host descriptors to watch (edge-triggered), see
+    /// [`VirtioDevice::host_fds`].
+    fn host_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// Host descriptor `index` is readable.
+    fn host_event(&mut self, index: usize) {
+        let _ = index;
+    }
 }
 
 /// The usual way to serve a queue: pops each available chain, lets

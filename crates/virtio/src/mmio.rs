@@ -401,7 +401,41 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 }
 
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// Raises the used-buffer interrupt if any queue of `used` (a bit mask)
+    /// wants one.
+    fn interrupt_for(&mut self, used: u64) -> std::result::Result<(), virtio_queue::Error> {
+        let mut wants = false;
+        for (index, slot) in self.queues.iter_mut().enumerate() {
+            if index < 64 && used & (1 << index) != 0 && slot.queue.needs_notification(&self.mem)? {
+                wants = true;
+            }
+        }
+        if wants {
+            self.raise(VIRTIO_MMIO_INT_VRING);
+        }
+        Ok(())
+    }
+}
+
 impl<D: VirtioDevice> QueueNotify for MmioTransport<D> {
+    fn host_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.host_fds()
+    }
+
+    fn host_event(&mut self, index: usize) {
+        if !self.driver_ok() {
+            return;
+        }
+        let mut queues: Vec<&mut Queue> =
+            self.queues.iter_mut().map(|slot| &mut slot.queue).collect();
+        let result = self.device.host_event(index, &mut queues, &self.mem);
+        match result.and_then(|used| self.interrupt_for(used)) {
+            Ok(()) => {}
+            Err(err) => self.needs_reset(&format!("host event {index}: {err:?}")),
+        }
+    }
+
     fn queue_notify(&mut self, index: usize) {
         if !self.driver_ok() {
             return;
