@@ -4,7 +4,9 @@
 pub mod block;
 mod device;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
