@@ -74,6 +74,8 @@ pub enum Request {
     DebugExit(u32),
     /// `ExitRequest::reset()`.
     Reset,
+    /// `ExitRequest::power_off()`.
+    PowerOff,
 }
 
 /// Records every `ExitRequest` call, in order (the VMM's own implementation
@@ -99,6 +101,10 @@ impl vmm_devices::ExitRequest for Requests {
 
     fn reset(&self) {
         self.push(Request::Reset);
+    }
+
+    fn power_off(&self) {
+        self.push(Request::PowerOff);
     }
 }
 

@@ -127,9 +127,19 @@ pub struct Cli {
     #[arg(long, value_name = "path=FILE[,readonly=on|off][,id=NAME]")]
     pub disk: Vec<String>,
 
+    /// A virtio-net device on a tap, `tap=NAME[,mac=MAC][,ip=ADDR,mask=MASK]`
+    /// (Cloud Hypervisor's syntax); repeatable. The tap is created if missing;
+    /// with ip= and mask= the VMM sets the host side's address and brings it up.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,ip=ADDR,mask=MASK]")]
+    pub net: Vec<String>,
+
     /// A virtio-rng entropy device, optionally `src=PATH` [default source: /dev/urandom].
     #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,
+
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for a Linux kernel [default: on for Linux boots; bare and multiboot images get none].
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub acpi: Option<String>,
 
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else warn].
     #[arg(long, value_name = "LEVEL", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]

@@ -15,6 +15,78 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// A `--net`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap device's name.
+    pub tap: String,
+    /// The guest's MAC address; default one derived from the tap's name.
+    pub mac: [u8; 6],
+    /// The host side's address and netmask, set on the tap (and the link
+    /// brought up) when given.
+    pub host: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+}
+
+/// A stable, locally administered, unicast MAC for `tap`: 06:00 and 32
+/// bits of an FNV-1a hash of the name.
+fn default_mac(tap: &str) -> [u8; 6] {
+    let hash =
+        tap.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let [a, b, c, d] = hash.to_be_bytes();
+    [0x06, 0x00, a, b, c, d]
+}
+
+fn parse_mac(value: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("mac={value}: expected six hexadecimal bytes like 06:00:ac:10:00:02");
+    }
+    for (byte, part) in mac.iter_mut().zip(&parts) {
+        if part.len() != 2 {
+            bail!("mac={value}: expected six hexadecimal bytes like 06:00:ac:10:00:02");
+        }
+        *byte = u8::from_str_radix(part, 16)
+            .with_context(|| format!("mac={value}: {part:?} is not a hexadecimal byte"))?;
+    }
+    if mac[0] & 1 != 0 {
+        bail!("mac={value}: a multicast address cannot be a guest's address");
+    }
+    Ok(mac)
+}
+
+/// Parses `tap=NAME[,mac=MAC][,ip=ADDR,mask=MASK]`.
+pub fn parse_net(value: &str) -> anyhow::Result<NetConfig> {
+    let parse = || -> anyhow::Result<NetConfig> {
+        let (mut tap, mut mac, mut ip, mut mask) = (None, None, None, None);
+        for (key, value) in pairs(value, &["tap", "mac", "ip", "mask"])? {
+            let address = |value: &str| {
+                value
+                    .parse::<std::net::Ipv4Addr>()
+                    .with_context(|| format!("{key}={value}: not an IPv4 address"))
+            };
+            match key {
+                "tap" if value.is_empty() || value.len() >= 16 => {
+                    bail!("tap={value}: a tap's name has 1 to 15 characters")
+                }
+                "tap" => tap = Some(value.to_owned()),
+                "mac" => mac = Some(parse_mac(value)?),
+                "ip" => ip = Some(address(value)?),
+                _ => mask = Some(address(value)?),
+            }
+        }
+        let Some(tap) = tap else { bail!("tap=NAME is missing") };
+        let host = match (ip, mask) {
+            (Some(ip), Some(mask)) => Some((ip, mask)),
+            (None, None) => None,
+            _ => bail!("ip= and mask= go together"),
+        };
+        let mac = mac.unwrap_or_else(|| default_mac(&tap));
+        Ok(NetConfig { tap, mac, host })
+    };
+    parse().with_context(|| format!("--net {value}"))
+}
+
 /// A `--rng`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RngConfig {
@@ -108,6 +180,37 @@ mod tests {
         }
         let err = format!("{:#}", parse_disk("path=a,size=1").unwrap_err());
         assert_eq!(err, "--disk path=a,size=1: unknown key 'size' (keys: path, readonly, id)");
+    }
+
+    #[test]
+    fn nets_take_a_tap_a_mac_and_a_host_address() {
+        let net = parse_net("tap=vmm0,mac=06:00:ac:10:00:02,ip=169.254.1.1,mask=255.255.255.252")
+            .unwrap();
+        assert_eq!(net.tap, "vmm0");
+        assert_eq!(net.mac, [6, 0, 0xac, 0x10, 0, 2]);
+        assert_eq!(
+            net.host,
+            Some(("169.254.1.1".parse().unwrap(), "255.255.255.252".parse().unwrap()))
+        );
+        let default = parse_net("tap=vmm0").unwrap();
+        assert_eq!(default.host, None);
+        assert_eq!(default.mac, parse_net("tap=vmm0").unwrap().mac, "stable");
+        assert_ne!(default.mac, parse_net("tap=vmm1").unwrap().mac);
+        assert_eq!(default.mac[0] & 3, 2, "locally administered unicast");
+        for bad in [
+            "",
+            "mac=06:00:00:00:00:01",
+            "tap=",
+            "tap=0123456789abcdef",
+            "tap=t,mac=06:00:00:00:00",
+            "tap=t,mac=06:00:00:00:00:zz",
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,ip=169.254.1.1",
+            "tap=t,ip=169.254.1,mask=255.255.255.0",
+            "tap=t,speed=10",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -19,9 +19,11 @@ use vm_device::DeviceMmio;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_devices::ExitRequest;
+use vmm_devices::acpi_pm::{ACPI_PM_PORT_LEN, AcpiPm};
 use vmm_devices::debug_exit::{DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, DebugExit};
 use vmm_devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg};
 use vmm_devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use vmm_devices::pci_host::{PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, PciHost};
 use vmm_devices::serial::{COM1_PORT, SERIAL_PORT_LEN};
 use vmm_memory::layout;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -140,6 +142,23 @@ impl DeviceManager {
         }
         Ok(())
     }
+}
+
+/// The ACPI sleep and reset registers, at the ports the FADT names, and
+/// the PCI configuration ports an ACPI kernel probes.
+pub fn add_acpi_pm(
+    bus: &mut IoManager,
+    requests: impl ExitRequest + 'static,
+) -> anyhow::Result<()> {
+    let pm = AcpiPm::new(requests, layout::ACPI_S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
+    let range = PioRange::new(PioAddress(layout::ACPI_SLEEP_CONTROL_PORT), ACPI_PM_PORT_LEN)?;
+    bus.register_pio(range, Arc::new(Mutex::new(pm)))
+        .context("cannot register the ACPI power-management registers")?;
+    // An ACPI kernel has PCI support and looks for configuration space.
+    let range = PioRange::new(PioAddress(PCI_CONFIG_PORT), PCI_CONFIG_PORT_LEN)?;
+    bus.register_pio(range, Arc::new(Mutex::new(PciHost::new())))
+        .context("cannot register the PCI configuration ports")?;
+    Ok(())
 }
 
 /// The legacy devices on the port I/O bus; fw_cfg tells the guest the RAM

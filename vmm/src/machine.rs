@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{Context, bail};
 use seccompiler::BpfProgram;
 use vmm_devices::console::{self, RawTerminal};
-use vmm_devices::serial::{COM1_IRQ, SerialPort};
+use vmm_devices::serial::{COM1_IRQ, COM1_PORT, SerialPort};
 use vmm_devices::{EventFdTrigger, ExitRequest};
 use vmm_dispatch::{
     BlockedSignals, Dispatcher, ExitStats, Outcome, ResetCause, RunControl, stats_json,
 };
+use vmm_loader::acpi::AcpiMachine;
 use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -20,11 +21,13 @@ use vmm_vcpu::seccomp::{self, ThreadKind};
 use vmm_vcpu::thread::VcpuThread;
 use vmm_vcpu::{CpuTopology, Vm};
 use vmm_virtio::block::Block;
+use vmm_virtio::net::Net;
 use vmm_virtio::rng::Rng;
+use vmm_virtio::tap::Tap;
 
 use crate::cli::{Boot, Cli, SerialTarget};
-use crate::config::{parse_disk, parse_rng};
-use crate::devices::{DeviceManager, legacy_bus};
+use crate::config::{parse_disk, parse_net, parse_rng};
+use crate::devices::{DeviceManager, add_acpi_pm, legacy_bus};
 use crate::event_loop::EventLoop;
 
 /// The guest's COM1, shared by the port bus (vCPU threads) and the
@@ -52,6 +55,10 @@ impl ExitRequest for DeviceRequests {
 
     fn reset(&self) {
         self.finish(Outcome::Reset { vcpu: 0, cause: ResetCause::Device });
+    }
+
+    fn power_off(&self) {
+        self.finish(Outcome::DevicePowerOff);
     }
 }
 
@@ -173,7 +180,7 @@ impl StatsSink {
     }
 }
 
-/// Opens every `--disk` and `--rng` and places them in `devices`; returns
+/// Opens every `--disk`, `--net` and `--rng` and places them in `devices`; returns
 /// the kernel command-line entries that announce them.
 fn add_virtio_devices(
     cli: &Cli,
@@ -201,6 +208,19 @@ fn add_virtio_devices(
             Block::open(&disk.path, disk.readonly, disk.id.as_deref()).with_context(context)?;
         let name = format!("virtio-blk {} (/dev/vd{})", disk.path.display(), disk_letter(index));
         entries.push(devices.add_virtio(&name, block, ram.memory())?);
+    }
+    for option in &cli.net {
+        let net = parse_net(option)?;
+        let tap = Tap::open(&net.tap).with_context(|| format!("--net {option}"))?;
+        if let Some((ip, mask)) = net.host {
+            tap.set_ipv4(ip, mask)
+                .and_then(|()| tap.set_up())
+                .with_context(|| format!("--net {option}"))?;
+        }
+        let name = format!("virtio-net {}", tap.name());
+        let device = Net::new(tap, net.mac)
+            .with_context(|| format!("--net {option}: cannot set up the device"))?;
+        entries.push(devices.add_virtio(&name, device, ram.memory())?);
     }
     if let Some(option) = &cli.rng {
         let rng = parse_rng(option)?;
@@ -251,6 +271,7 @@ impl Machine {
         let ram = GuestRam::new(cli.memory)?;
         let mut devices = DeviceManager::new()?;
         let entries = add_virtio_devices(cli, &ram, &mut devices)?;
+        let acpi = cli.acpi.as_deref() != Some("off");
         let mut cmdline = cli.cmdline.clone();
         if !entries.is_empty() {
             let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
@@ -263,6 +284,7 @@ impl Machine {
             cmdline,
             initrd: cli.initrd.clone(),
             unpack_bzimage: cli.unpack_bzimage,
+            acpi_rsdp: acpi.then_some(vmm_memory::layout::ACPI_TABLES_START),
         };
         let image = vmm_loader::load_image(&ram, &cli.kernel, &options)
             .map_err(crate::flag_hints::loader_error)?;
@@ -281,6 +303,22 @@ impl Machine {
         }
         if pc {
             mptable::write(&ram, cli.cpus, &devices.gsis())?;
+        }
+        let linux = matches!(image.protocol, BootProtocol::Pvh | BootProtocol::Linux64);
+        if cli.acpi.as_deref() == Some("on") && !linux {
+            bail!(
+                "--acpi on applies to Linux kernels only; this image boots as {:?}",
+                image.protocol
+            );
+        }
+        let acpi = acpi && linux;
+        if acpi {
+            let machine = AcpiMachine {
+                cpus: cli.cpus,
+                serial: Some((COM1_PORT, COM1_IRQ)),
+                virtio: devices.virtio.iter().map(|slot| (slot.addr, slot.gsi)).collect(),
+            };
+            vmm_loader::acpi::write(&ram, &machine)?;
         }
 
         let kvm = vmm_vcpu::kvm::open(&cli.kvm_device)?;
@@ -308,7 +346,10 @@ impl Machine {
         }
         let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
         let requests = DeviceRequests(control.clone(), finished.clone());
-        let mut bus = legacy_bus(serial.clone(), requests, ram_size, cli.cpus)?;
+        let mut bus = legacy_bus(serial.clone(), requests.clone(), ram_size, cli.cpus)?;
+        if acpi {
+            add_acpi_pm(&mut bus, requests)?;
+        }
         devices.attach(vm.fd(), &mut bus)?;
         // Linux resets with a triple fault on purpose (reboot=t); a bare
         // image that triple-faults has crashed.

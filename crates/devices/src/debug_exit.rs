@@ -61,6 +61,7 @@ mod tests {
             self.0.lock().unwrap().push(value);
         }
         fn reset(&self) {}
+        fn power_off(&self) {}
     }
 
     #[test]

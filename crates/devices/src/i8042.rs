@@ -164,6 +164,7 @@ mod tests {
         fn reset(&self) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+        fn power_off(&self) {}
     }
 
     fn write(dev: &mut I8042<Resets>, port: u16, value: u8) {

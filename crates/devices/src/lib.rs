@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acpi_pm;
 pub mod console;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod pci_host;
 pub mod serial;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -26,6 +28,8 @@ pub trait ExitRequest: Send + Sync {
     fn debug_exit(&self, value: u32);
     /// The guest reset the machine through a device (e.g. the i8042).
     fn reset(&self);
+    /// The guest powered the machine off (e.g. ACPI S5).
+    fn power_off(&self);
 }
 
 /// An interrupt line backed by an eventfd, ready to be wired to KVM with an

@@ -14,6 +14,7 @@ struct NoRequests;
 impl ExitRequest for NoRequests {
     fn debug_exit(&self, _: u32) {}
     fn reset(&self) {}
+    fn power_off(&self) {}
 }
 
 /// fuzz/regressions/serial_i8042/i8042-output-unbounded: every command that

@@ -48,6 +48,8 @@ pub enum Outcome {
         /// The vCPU.
         vcpu: u8,
     },
+    /// The guest powered off through a device (ACPI S5).
+    DevicePowerOff,
     /// The guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
     GuestCrash {
         /// The vCPU.
@@ -116,7 +118,10 @@ impl Outcome {
     /// The process exit status for this outcome (documented in the README).
     pub fn exit_status(&self) -> u8 {
         match self {
-            Outcome::Halted { .. } | Outcome::Reset { .. } | Outcome::PowerOff { .. } => EXIT_CLEAN,
+            Outcome::Halted { .. }
+            | Outcome::Reset { .. }
+            | Outcome::PowerOff { .. }
+            | Outcome::DevicePowerOff => EXIT_CLEAN,
             Outcome::DebugExit { value } => (value.wrapping_shl(1) | 1) as u8,
             Outcome::InternalError { .. } => EXIT_INTERNAL_ERROR,
             Outcome::FailEntry { .. } => EXIT_FAIL_ENTRY,
@@ -134,6 +139,7 @@ impl Outcome {
             Outcome::Halted { .. }
                 | Outcome::Reset { .. }
                 | Outcome::PowerOff { .. }
+                | Outcome::DevicePowerOff
                 | Outcome::DebugExit { .. }
                 | Outcome::Stopped { status: 0, .. }
         )
@@ -166,6 +172,7 @@ impl fmt::Display for Outcome {
             Outcome::PowerOff { vcpu } => {
                 write!(f, "guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN) on vCPU {vcpu}")
             }
+            Outcome::DevicePowerOff => write!(f, "guest powered off (ACPI sleep state S5)"),
             Outcome::GuestCrash { vcpu } => {
                 write!(f, "guest crashed (KVM_SYSTEM_EVENT_CRASH) on vCPU {vcpu}")
             }
@@ -230,6 +237,8 @@ mod tests {
         assert_eq!(Outcome::Halted { vcpu: 0, interrupts_enabled: false }.exit_status(), 0);
         assert_eq!(Outcome::Reset { vcpu: 0, cause: ResetCause::TripleFault }.exit_status(), 0);
         assert_eq!(Outcome::PowerOff { vcpu: 1 }.exit_status(), 0);
+        assert_eq!(Outcome::DevicePowerOff.exit_status(), 0);
+        assert!(Outcome::DevicePowerOff.is_clean());
     }
 
     #[test]

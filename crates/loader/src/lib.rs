@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acpi;
 mod elf;
 mod format;
 mod linux;
@@ -199,6 +200,9 @@ pub enum Error {
     /// The MP table cannot be built.
     #[error("cannot build the MP table: {0}")]
     MpTable(String),
+    /// The ACPI tables could not be built or placed.
+    #[error("ACPI tables: {0}")]
+    Acpi(String),
     /// linux-loader failed.
     #[error("loading the kernel failed: {0}")]
     Kernel(#[from] linux_loader::loader::Error),
@@ -371,6 +375,9 @@ pub struct LoadOptions {
     /// Unpack a bzImage's LZ4-compressed kernel on the host and boot it
     /// as a vmlinux, sparing the guest its decompressor.
     pub unpack_bzimage: bool,
+    /// Where the ACPI RSDP is, for a Linux kernel (PVH's `rsdp_paddr`, the
+    /// zero page's `acpi_rsdp_addr`); see [`acpi::write`].
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// How the first vCPU starts executing the image.
@@ -497,7 +504,8 @@ fn load_bzimage(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<L
         }
     }
     let cmdline = options.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
-    let kernel = linux::load_bzimage(ram, image, cmdline, options.initrd.as_deref())?;
+    let kernel =
+        linux::load_bzimage(ram, image, cmdline, options.initrd.as_deref(), options.acpi_rsdp)?;
     Ok(LoadedImage {
         format: ImageFormat::BzImage,
         protocol: BootProtocol::Linux64,
@@ -532,11 +540,23 @@ fn load_elf(ram: &GuestRam, image: &[u8], options: &LoadOptions) -> Result<Loade
                 entry: eip,
                 reason: "a PVH entry must lie below 4 GiB",
             })?;
-            elf.ranges.extend(linux::setup_pvh(ram, elf.end(), cmdline, initrd)?);
+            elf.ranges.extend(linux::setup_pvh(
+                ram,
+                elf.end(),
+                cmdline,
+                initrd,
+                options.acpi_rsdp,
+            )?);
             EntryPoint::ProtectedMode { eip, ebx: layout::PVH_INFO_START as u32, eax: 0 }
         }
         BootProtocol::Linux64 => {
-            elf.ranges.extend(linux::setup_vmlinux(ram, elf.end(), cmdline, initrd)?);
+            elf.ranges.extend(linux::setup_vmlinux(
+                ram,
+                elf.end(),
+                cmdline,
+                initrd,
+                options.acpi_rsdp,
+            )?);
             EntryPoint::LongMode { rip: elf.entry, rsi: layout::ZERO_PAGE_START }
         }
         _ => {

@@ -166,8 +166,9 @@ fn write_zero_page(
     mut hdr: setup_header,
     cmdline: &Cmdline,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<()> {
-    let mut params = boot_params::default();
+    let mut params = boot_params { acpi_rsdp_addr: rsdp.unwrap_or(0), ..Default::default() };
     hdr.type_of_loader = KERNEL_LOADER_OTHER;
     hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     hdr.header = KERNEL_HDR_MAGIC;
@@ -203,6 +204,7 @@ pub(crate) fn load_bzimage(
     image: &[u8],
     cmdline: &str,
     initrd: Option<&Path>,
+    rsdp: Option<u64>,
 ) -> Result<LinuxImage> {
     let header = BzImageHeader::parse(image)?;
     let cmdline = checked_cmdline(cmdline, header.cmdline_max())?;
@@ -229,7 +231,7 @@ pub(crate) fn load_bzimage(
         max => u64::from(max),
     };
     let initrd = initrd.map(|path| load_initrd(ram, path, kernel_end, initrd_max)).transpose()?;
-    write_zero_page(ram, hdr, &cmdline, initrd)?;
+    write_zero_page(ram, hdr, &cmdline, initrd, rsdp)?;
     let mut ranges = vec![(load, result.kernel_end - load)];
     ranges.extend(initrd);
     let entry = load + BZIMAGE_64BIT_ENTRY_OFFSET;
@@ -260,9 +262,10 @@ pub(crate) fn setup_vmlinux(
     kernel_end: u64,
     cmdline: &str,
     initrd: Option<&Path>,
+    rsdp: Option<u64>,
 ) -> Result<Vec<(u64, u64)>> {
     let (cmdline, initrd) = vmlinux_cmdline_and_initrd(ram, kernel_end, cmdline, initrd)?;
-    write_zero_page(ram, setup_header::default(), &cmdline, initrd)?;
+    write_zero_page(ram, setup_header::default(), &cmdline, initrd, rsdp)?;
     Ok(initrd.into_iter().collect())
 }
 
@@ -273,6 +276,7 @@ pub(crate) fn setup_pvh(
     kernel_end: u64,
     cmdline: &str,
     initrd: Option<&Path>,
+    rsdp: Option<u64>,
 ) -> Result<Vec<(u64, u64)>> {
     let (cmdline, initrd) = vmlinux_cmdline_and_initrd(ram, kernel_end, cmdline, initrd)?;
     load_cmdline(ram.memory(), GuestAddress(layout::CMDLINE_START), &cmdline)?;
@@ -288,6 +292,7 @@ pub(crate) fn setup_pvh(
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     let mut params = BootParams::new(&start_info, GuestAddress(layout::PVH_INFO_START));
@@ -336,10 +341,11 @@ mod tests {
     fn bzimage_boots_at_the_64_bit_entry_with_a_zero_page() {
         let ram = GuestRam::new(64).unwrap();
         let image = tiny_bzimage(0x020f);
-        let loaded = load_bzimage(&ram, &image, "console=ttyS0", None).unwrap();
+        let loaded = load_bzimage(&ram, &image, "console=ttyS0", None, Some(0xe_0000)).unwrap();
         assert_eq!(loaded.entry, 0x10_0200);
         let params: boot_params =
             ram.memory().read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
         let hdr = params.hdr;
         assert_eq!({ hdr.type_of_loader }, 0xff);
         assert_eq!({ hdr.cmd_line_ptr }, 0x2_0000);
@@ -383,7 +389,7 @@ mod tests {
     #[test]
     fn kernel_that_does_not_fit_is_rejected() {
         let ram = GuestRam::new(16).unwrap();
-        let err = load_bzimage(&ram, &tiny_bzimage(0x020f), "", None).unwrap_err();
+        let err = load_bzimage(&ram, &tiny_bzimage(0x020f), "", None, None).unwrap_err();
         assert!(matches!(err, Error::KernelDoesNotFit { .. }), "{err}");
     }
 
@@ -391,7 +397,7 @@ mod tests {
     fn cmdline_longer_than_the_kernel_accepts_is_rejected() {
         let ram = GuestRam::new(64).unwrap();
         let long = "x".repeat(2048);
-        let err = load_bzimage(&ram, &tiny_bzimage(0x020f), &long, None).unwrap_err();
+        let err = load_bzimage(&ram, &tiny_bzimage(0x020f), &long, None, None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the command line is 2048 bytes long, but the kernel accepts at most 2047"
@@ -416,12 +422,13 @@ mod tests {
         let ram = GuestRam::new(64).unwrap();
         let path = std::env::temp_dir().join(format!("vmm-pvh-initrd-{}", std::process::id()));
         std::fs::write(&path, b"initrd").unwrap();
-        let ranges = setup_pvh(&ram, 0x20_0000, "quiet", Some(&path)).unwrap();
+        let ranges = setup_pvh(&ram, 0x20_0000, "quiet", Some(&path), Some(0xe_0000)).unwrap();
         std::fs::remove_file(&path).unwrap();
         let info: hvm_start_info =
             ram.memory().read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!((info.nr_modules, info.memmap_entries), (1, 3));
+        assert_eq!({ info.rsdp_paddr }, 0xe_0000);
         let module: hvm_modlist_entry =
             ram.memory().read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (ranges[0].0, 6));

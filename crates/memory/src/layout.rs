@@ -70,6 +70,22 @@ pub const CMDLINE_MAX_SIZE: u64 = 0x1_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Where the Intel MP table (floating pointer and configuration table) goes.
 pub const MPTABLE_START: u64 = EBDA_START;
+/// The ACPI tables, from the RSDP on: in the BIOS area (reserved in the
+/// memory map), where a guest's legacy scan for "RSD PTR " looks
+/// (0xe0000-0xfffff), so that every boot protocol finds them.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+/// End (exclusive) of the room for the ACPI tables.
+pub const ACPI_TABLES_END: u64 = 0x10_0000;
+/// The ACPI sleep control register (hardware-reduced ACPI, an I/O port).
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// The ACPI sleep status register.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// The ACPI reset register.
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// What the guest writes to the reset register to reset.
+pub const ACPI_RESET_VALUE: u8 = 0xfe;
+/// The sleep type of S5 (soft off), as the DSDT's `\_S5` says.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 /// First address above the legacy BIOS area.
 pub const HIGH_MEMORY_START: u64 = MIB;
 /// The local APIC's default MMIO base.

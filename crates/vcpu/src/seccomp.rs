@@ -46,6 +46,11 @@ pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs
 pub const KVM_TRANSLATE: u64 =
     ioc(IOC_READ | IOC_WRITE, 0x85, std::mem::size_of::<kvm_translation>());
 
+/// TUNSETOFFLOAD: `_IOW('T', 208, unsigned int)`. A tap-backed device sets
+/// its tap's offloads when the driver activates or resets it, which happens
+/// on the vCPU thread that wrote the device's status register.
+pub const TUNSETOFFLOAD: u64 = (IOC_WRITE << 30) | (4 << 16) | ((b'T' as u64) << 8) | 208;
+
 /// System calls every VMM thread may make: output, locking, memory
 /// allocation, signal return, thread exit.
 const COMMON: &[libc::c_long] = &[
@@ -113,9 +118,17 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
     match kind {
         // TCGETS/TCSETS: a panic hook restores the terminal from any thread.
         ThreadKind::Vcpu => {
-            vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE, libc::TCGETS, libc::TCSETS]
+            vec![
+                KVM_RUN,
+                KVM_GET_REGS,
+                KVM_GET_SREGS,
+                KVM_TRANSLATE,
+                libc::TCGETS,
+                libc::TCSETS,
+                TUNSETOFFLOAD,
+            ]
         }
-        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS],
+        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS, TUNSETOFFLOAD],
     }
 }
 
@@ -183,6 +196,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
+        assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
     }
 
     #[test]
