@@ -219,6 +219,7 @@ install -m 0755 "$here/init/init-rootfs.sh" "$root/sbin/init"
 mkfs.ext4 -q -F -b 4096 -O ^has_journal -E root_owner=0:0,hash_seed=5e1c7a4e-0000-4000-8000-000000000001 \
 	-U 5e1c7a4e-0000-4000-8000-000000000000 -L vmm-root -d "$root" "$out/rootfs.ext4" 64M >>"$buildlog" 2>&1 ||
 	die "mkfs.ext4 -d failed"
+e2fsck -fn "$out/rootfs.ext4" >>"$buildlog" 2>&1 || die "e2fsck -fn finds rootfs.ext4 unclean"
 
 cp "$buildlog" "$out/build.log"
 ( cd "$out" && sha256sum "${outputs[@]}" >SHA256SUMS )
