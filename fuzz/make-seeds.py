@@ -5,6 +5,7 @@ fuzz_targets/loader.rs), and a few device sessions for `dispatch` and
 `serial_i8042`. Every seed stays under 64 KiB.
 
     fuzz/make-seeds.py          # builds the test guests into a temporary directory
+    fuzz/make-seeds.py virtio   # only these targets' seeds (no guests built unless loader)
 """
 
 import os
@@ -215,18 +216,265 @@ def serial_i8042_seeds():
     session += bytes([0x10, 0, ord("A"), 0x10, 1, 0x03])  # THR, IER
     session += bytes([7, 5]) + b"input" + bytes([0x14, 5, 0, 0x14, 0, 0, 0x14, 2, 0])
     session += bytes([0x19, 1, 0xAA, 0x1C, 0, 0, 0x19, 1, 0xFE])
-    session += bytes([0x0F, 1, 3]) + b"\x02\x03\x00" + bytes([1, 7]) + struct.pack("<H", 8)
-    session += b"ab\x01\x01c\x01x"
+    # ConsoleInput: escape on and feeding while bytes wait (flags 3), the
+    # feed/deliver schedule, 3 chunk sizes (one empty), 2 FIFO rooms (one
+    # none), 8 bytes of input with Ctrl-A Ctrl-A and Ctrl-A x.
+    session += bytes([0x0F, 3, 0x5A, 3]) + b"\x02\x03\x00" + bytes([1, 7, 0])
+    session += struct.pack("<H", 8) + b"ab\x01\x01c\x01x"
     write("serial_i8042", "session", session)
 
 
+class Virtio:
+    """A `virtio` target input (see fuzz_targets/virtio.rs): a header byte,
+    then operations, each a byte (low nibble: kind, high nibble: its
+    parameter) and its fields."""
+
+    BLOCK, BLOCK_RO, RNG, NET = 0, 1, 2, 3
+    IN, OUT, FLUSH, GET_ID = 0x00, 0x40, 0x80, 0xA0  # the kind bytes of op 7
+
+    def __init__(self, device, eventfds=False, contiguous=False, rng_mode=0):
+        self.data = bytes([device | eventfds << 2 | contiguous << 3 | rng_mode << 4])
+
+    def op(self, kind, param, fields=b""):
+        self.data += bytes([param << 4 | kind]) + fields
+        return self
+
+    @staticmethod
+    def addr(offset, region=0):
+        """pick_addr: an offset in RAM region 0 or 1."""
+        return bytes([region << 6]) + struct.pack("<H", offset)
+
+    @staticmethod
+    def length(n):
+        """pick_len: n bytes (n < 64, a multiple of 512 below 32 KiB, or a
+        multiple of 32 KiB)."""
+        if n < 0x40:
+            return bytes([n])
+        if n % 512 == 0 and n // 512 < 0x40:
+            return bytes([0x40 | n // 512])
+        assert n % 0x8000 == 0 and 1 <= n // 0x8000 <= 63
+        return bytes([0xBF + n // 0x8000])
+
+    @staticmethod
+    def size(n):
+        """pick_size: a power of two up to 512."""
+        return bytes([n.bit_length() - 1])
+
+    def setup(self, size, ring_offset=0x1000, event_idx=True):
+        """Negotiates every offered feature (EVENT_IDX optional), sets up
+        queue 0 with its rings from `ring_offset` in region 0, DRIVER_OK."""
+        return self.op(15, 0 if event_idx else 1, self.size(size) + self.addr(ring_offset))
+
+    def block(self, kind, sector, segments, header=0x2000, status=0x3000, flip=False,
+              indirect=None, raw_kind=None):
+        """A block request: header, data segments (address, length), status;
+        with `raw_kind`, a request type of any value (kind byte 0xc0)."""
+        assert len(segments) <= 3
+        fields = bytes([kind])
+        if raw_kind is not None:
+            assert kind == 0xC0
+            fields += struct.pack("<I", raw_kind)
+        fields += bytes([sector]) + self.addr(header)
+        for address, length in segments:
+            fields += address + self.length(length)
+        fields += self.addr(status)
+        param = len(segments) | flip << 2
+        if indirect is not None:
+            fields += self.addr(indirect)
+            param |= 8
+        return self.op(7, param, fields)
+
+    def chain(self, buffers, writable_mask, indirect=None):
+        assert 1 <= len(buffers) <= 8
+        fields = bytes([writable_mask])
+        for address, length in buffers:
+            fields += address + self.length(length)
+        param = len(buffers) - 1
+        if indirect is not None:
+            fields += self.addr(indirect)
+            param |= 8
+        return self.op(6, param, fields)
+
+    def notify_register(self, queue=0):
+        return self.op(11, queue << 1)
+
+    def select(self, queue):
+        """QueueSel: the queue the driver operations work on."""
+        return self.write(0x030, queue)
+
+    def frame(self, kind, n=0, flags=0, gso=0, count=1):
+        """virtio-net: the network sends `count` (1, 2, 3, 4, 8, 16, 64 or
+        65) frames (op 12, param 8 + count's index): kind
+        "short" is n bytes, "small" the header and 64 * n bytes, "mtu" a
+        full 1514-byte Ethernet frame, "max" MAX_FRAME_LEN (n > 0: that
+        much shorter; "max", n=0 is one byte too long... see send_frame)."""
+        b = {"short": 0, "small": 1, "mtu": 2, "max": 3}[kind] << 6 | n
+        return self.op(12, 8 | [1, 2, 3, 4, 8, 16, 64, 65].index(count), bytes([b, flags, gso]))
+
+    def host_event(self, index):
+        return self.op(12, 1 | index << 1)
+
+    def poke(self, offset, data, region=0):
+        return self.op(9, 0, self.addr(offset, region) + bytes([len(data)]) + data)
+
+    def queue_notify(self):
+        return self.op(10, 0)
+
+    def serve(self):
+        return self.op(12, 0)
+
+    def read(self, offset, width=4):
+        """An MMIO read (op 1) of a register (offset < 0x300, 4-aligned)."""
+        return self.op(1, {4: 0, 1: 2, 2: 3, 8: 4}[width], bytes([offset // 4, 0xEE]))
+
+    def write(self, offset, value, width=4):
+        return self.op(0, {4: 0, 1: 2, 2: 3, 8: 4}[width],
+                       bytes([offset // 4]) + value.to_bytes(width, "little"))
+
+    def reset(self):
+        return self.op(13, 0)
+
+
+def virtio_seeds():
+    v = Virtio
+    config = lambda s: s.read(0x100, 8).read(0x10C).read(0x114).read(0x118, 2)
+    ids = lambda s: s.read(0x000).read(0x004).read(0x008).read(0x034).read(0x044).read(0x070)
+
+    s = ids(v(v.BLOCK)).setup(16)
+    s = config(s)
+    s.block(v.IN, 2, [(v.addr(0x4000), 1024)]).notify_register()
+    s.block(v.OUT, 5, [(v.addr(0x0000, 1), 512)]).notify_register()
+    s.block(v.FLUSH, 0, []).block(v.GET_ID, 0, [(v.addr(0x5000), 20)]).notify_register()
+    s.block(v.IN, 127, [(v.addr(0x4000), 512), (v.addr(0x6000), 512)]).queue_notify()
+    s.read(0x060).op(14, 0)
+    write("virtio", "block-read-write-flush-id", s.data)
+
+    # The whole disk in one request, 2 x 32 KiB over region 1; a request
+    # past the end; an unknown request; a write through an indirect table.
+    s = v(v.BLOCK).setup(256, ring_offset=0x0)
+    s.block(v.IN, 0, [(v.addr(0, 1), 0x8000), (v.addr(0, 1), 0x8000)]).notify_register()
+    s.block(v.IN, 120, [(v.addr(0x4000), 8 * 512)])
+    s.block(0xC0, 0, [], raw_kind=11).notify_register()
+    s.block(v.OUT, 64, [(v.addr(0x6000), 2048)], indirect=0x7000).notify_register()
+    write("virtio", "block-whole-disk-indirect", s.data)
+
+    # Read-only: writes refused, reads served; no EVENT_IDX.
+    s = v(v.BLOCK_RO).setup(64, event_idx=False)
+    s.block(v.OUT, 0, [(v.addr(0x4000), 512)]).block(v.IN, 0, [(v.addr(0x4000), 4096)])
+    s.notify_register().block(v.FLUSH, 0, []).notify_register()
+    write("virtio", "block-read-only", s.data)
+
+    # Notifications through the eventfds, served as the event loop does;
+    # requests through indirect tables (one descriptor each) in a 4-entry
+    # queue, in two batches.
+    s = v(v.BLOCK, eventfds=True).setup(4)
+    for sector in range(6):
+        s.block(v.IN, sector, [(v.addr(0x4000 + 0x200 * sector), 512)],
+                status=0x3000 + sector, indirect=0x6000 + 0x100 * sector)
+        if sector == 3:
+            s.notify_register().serve()
+    s.notify_register().serve().serve()
+    write("virtio", "block-eventfd-batches", s.data)
+
+    # Back-to-back RAM regions: a buffer across their boundary; and with a
+    # gap: one across the end of region 0 (malformed).
+    s = v(v.BLOCK, contiguous=True).setup(16)
+    s.block(v.IN, 1, [(v.addr(0x7E00), 1024)]).notify_register()
+    write("virtio", "block-across-regions", s.data)
+    s = v(v.BLOCK).setup(16)
+    s.block(v.IN, 1, [(v.addr(0x7E00), 1024)]).block(v.OUT, 1, [(v.addr(0x7E00), 1024)])
+    s.notify_register()
+    write("virtio", "block-across-the-gap", s.data)
+
+    # The driver step by step through raw registers, a bad queue (size 3)
+    # that needs a reset, then a good one.
+    s = v(v.BLOCK)
+    s.write(0x070, 1).write(0x070, 3).write(0x024, 0).write(0x020, 1 << 29)
+    s.write(0x024, 1).write(0x020, 1).write(0x070, 11).read(0x070)
+    s.write(0x030, 0).write(0x038, 3).write(0x080, 0x1000).write(0x090, 0x1100)
+    s.write(0x0A0, 0x1200).write(0x044, 1).read(0x044).read(0x070).read(0x060)
+    s.reset().read(0x070)
+    s.write(0x070, 1).write(0x070, 3).write(0x024, 1).write(0x020, 1).write(0x070, 11)
+    s.write(0x038, 8).write(0x080, 0x1000).write(0x090, 0x1100).write(0x0A0, 0x1200)
+    s.write(0x044, 1).write(0x070, 15).read(0x044)
+    s.block(v.IN, 3, [(v.addr(0x4000), 512)]).write(0x050, 0)
+    write("virtio", "block-raw-registers", s.data)
+
+    # Entropy: chains of writable buffers, direct and indirect, a
+    # device-readable one (never written), from each kind of source.
+    net_seeds()
+    for mode, name in [(0, "rng"), (1, "rng-short-reads"), (2, "rng-eintr"), (3, "rng-runs-dry")]:
+        s = ids(v(v.RNG, eventfds=mode == 1, rng_mode=mode)).setup(16)
+        s.chain([(v.addr(0x4000), 60), (v.addr(0x0100, 1), 4096)], 0b11)
+        s.notify_register().serve()
+        s.chain([(v.addr(0x5000), 16)], 0b0).chain([(v.addr(0x0, 1), 0x8000)], 0b1)
+        s.chain([(v.addr(0x6000), 60), (v.addr(0x6100), 3 * 512)], 0b11, indirect=0x7000)
+        s.queue_notify().serve().op(14, 0)
+        write("virtio", name, s.data)
+
+
+def net_seeds():
+    v = Virtio
+    rx = lambda s, count, length=2048, at=0x4000: [
+        s.chain([(v.addr(at + i * length), length)], 0b1) for i in range(count)]
+
+    # Receive buffers, frames from the network (one spread over mergeable
+    # buffers), served as the event loop does; then a frame sent.
+    s = v(v.NET).setup(16)
+    s.read(0x100, 4).read(0x104, 2).read(0x008)
+    rx(s, 4, 512)
+    s.notify_register()
+    s.frame("small", 2).frame("mtu").frame("short", 5).serve()
+    s.frame("small", 1).host_event(0)
+    s.select(1).chain([(v.addr(0x6000), 60)], 0b0).chain([(v.addr(0x6100), 12), (v.addr(0x6200), 50)], 0)
+    s.notify_register(1).select(0)
+    write("virtio", "net-rx-tx", s.data)
+
+    # Through eventfds; more than RX_BUDGET (64) frames, so the device
+    # signals itself to go on; no EVENT_IDX.
+    s = v(v.NET, eventfds=True).setup(128, ring_offset=0x0, event_idx=False)
+    for i in range(70):
+        s.chain([(v.addr(0x4000 + i * 0x40), 0x3F)], 0b1)
+    s.notify_register().frame("small", 0, count=65).frame("short", 20, count=4)
+    s.frame("small", 0, count=2).serve().serve().serve()
+    write("virtio", "net-rx-budget", s.data)
+
+    # The largest frame into one chain of 3 x 32 KiB; one a byte too long;
+    # a frame with offloads the guest did not take (CSUM, TSO4) dropped.
+    s = v(v.NET).op(2, 3, struct.pack("<Q", 1 << 5)).op(3, 0, v.size(8) + v.addr(0x1000))
+    s.op(3, 1, struct.pack("<I", 1) + v.size(8) + v.addr(0x1400)).op(4, 0)
+    s.select(0).chain([(v.addr(0, 1), 0x8000)] * 3, 0b111)
+    s.frame("max", 0).frame("max", 1).frame("mtu", 0, flags=1, gso=1).serve()
+    s.chain([(v.addr(0x4000), 2048)], 0b1).serve()
+    write("virtio", "net-big-frames", s.data)
+
+    # Every offload accepted: a transmit frame that asks for checksum and
+    # TSO4 offload, one with ECN; received frames with offloads.
+    s = v(v.NET).setup(16)
+    rx(s, 2)
+    s.frame("mtu", 0, flags=1, gso=1).frame("mtu", 0, flags=2, gso=0x84).serve()
+    s.poke(0x6000, bytes([1, 1]) + bytes(10)).poke(0x6100, bytes([1, 0x81]) + bytes(10))
+    s.select(1).chain([(v.addr(0x6000), 60)], 0).chain([(v.addr(0x6100), 60)], 0)
+    s.notify_register(1)
+    # A device-writable transmit buffer and a readable receive one.
+    s.chain([(v.addr(0x6200), 60)], 0b1).notify_register(1).select(0)
+    s.chain([(v.addr(0x6300), 60)], 0).notify_register()
+    write("virtio", "net-offloads", s.data)
+
+
+SEEDS = {"dispatch": dispatch_seeds, "serial_i8042": serial_i8042_seeds, "virtio": virtio_seeds}
+
+
 def main():
-    with tempfile.TemporaryDirectory() as guests:
-        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "resources", "guests"),
-                        f"OUT={guests}"], check=True)
-        loader_seeds(guests)
-    dispatch_seeds()
-    serial_i8042_seeds()
+    targets = sys.argv[1:] or ["loader", *SEEDS]
+    if "loader" in targets:
+        with tempfile.TemporaryDirectory() as guests:
+            subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "resources", "guests"),
+                            f"OUT={guests}"], check=True)
+            loader_seeds(guests)
+    for target in targets:
+        if target != "loader":
+            SEEDS[target]()
     return 0
 
 

@@ -351,6 +351,8 @@ fuzz_target!(|data: &[u8]| {
         cmdline: (flags & 0x40 != 0).then(|| String::from_utf8_lossy(cmdline).into_owned()),
         initrd: initrd.map(|(path, _)| path.clone()),
         unpack_bzimage: flags & 0x80 != 0,
+        // The machine's ACPI tables are not part of this target.
+        acpi_rsdp: None,
     };
     let ram = GuestRam::new(ram_mib).expect("guest RAM");
     let result = vmm_loader::load_bytes(&ram, image, &options);

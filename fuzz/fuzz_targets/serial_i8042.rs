@@ -1,10 +1,10 @@
 //! The UART and the i8042 driven directly through `vm_device::MutDevicePio`,
-//! and the console input pump.
+//! and the console input buffer (`ConsoleInput`).
 //!
 //! The input is a sequence of operations: UART register reads and writes at
 //! any offset and width (0 to 8 bytes), host input offered to the UART's
 //! receive FIFO (`SerialPort::enqueue_input`), i8042 reads and writes at any
-//! base and offset, and runs of `console::pump_input` over arbitrary bytes.
+//! base and offset, and runs of `console::ConsoleInput` over arbitrary bytes.
 //!
 //! Invariants:
 //! - nothing panics;
@@ -19,21 +19,23 @@
 //! - the i8042 matches `vmm_fuzz::I8042Model` (status, answers, resets
 //!   reported through `ExitRequest::reset`), whose output buffer keeps at
 //!   most 16 unread answers (a real controller holds one byte);
-//! - `pump_input` delivers its input in order without losing or adding a
-//!   byte, however the reader splits it (short reads, EINTR, a final error)
-//!   and however little the FIFO takes each time; with the escape on, what
-//!   it delivers is the input with the Ctrl-A sequences filtered (Ctrl-A x
-//!   quits, Ctrl-A Ctrl-A is one Ctrl-A, Ctrl-A and another key are both
-//!   passed); a stop request ends it with a prefix delivered.
+//! - `ConsoleInput` delivers what it is fed in order without losing or
+//!   adding a byte, however the input is split into `feed` chunks (empty
+//!   ones included, feeding while bytes are pending or not) and however
+//!   little room the FIFO has at each `deliver` (none included): each
+//!   delivery hands over exactly min(room, pending) bytes and reports
+//!   whether nothing is left, as `has_pending` does; with the escape on,
+//!   what it delivers is the input with the Ctrl-A sequences filtered
+//!   (Ctrl-A x quits: `feed` says so for the chunk holding the x and the
+//!   rest of that chunk is dropped; Ctrl-A Ctrl-A is one Ctrl-A; Ctrl-A and
+//!   another key are both passed), across chunk boundaries too.
 #![no_main]
-
-use std::io::{Cursor, ErrorKind, Read};
 
 use libfuzzer_sys::fuzz_target;
 use vm_device::MutDevicePio;
 use vm_device::bus::PioAddress;
 use vmm_devices::EventFdTrigger;
-use vmm_devices::console::{ESCAPE, ESCAPE_QUIT, PumpEnd, pump_input};
+use vmm_devices::console::{ConsoleInput, ESCAPE, ESCAPE_QUIT};
 use vmm_devices::i8042::I8042;
 use vmm_devices::serial::{COM1_PORT, SerialPort};
 use vmm_fuzz::{FIFO_SIZE, I8042_OUTPUT_MAX, I8042Model, Input, Request, Requests, SerialModel};
@@ -61,125 +63,135 @@ fn i8042_port(input: &mut Input) -> (u16, u16) {
     (base, offset.min(u16::MAX - base))
 }
 
-/// A reader that returns `data` in chunks of fuzz-chosen sizes, sometimes
-/// failing with EINTR first, and ends with EOF or an error.
-struct ChoppyReader<'a> {
-    data: Cursor<&'a [u8]>,
-    sizes: &'a [u8],
-    calls: usize,
-    interrupts_left: usize,
-    final_error: bool,
+/// What the guest should get from `input` with the escape on: the bytes,
+/// the index in `input` of the `x` of the first Ctrl-A x (the user asked to
+/// quit there; nothing after it counts), and for each prefix
+/// `input[..i]` how many output bytes it has produced (`produced[i]`; a
+/// Ctrl-A waiting for its key has produced nothing yet).
+struct Filtered {
+    out: Vec<u8>,
+    quit_at: Option<usize>,
+    produced: Vec<usize>,
 }
 
-impl Read for ChoppyReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.calls += 1;
-        let size = self.sizes.get(self.calls % self.sizes.len().max(1)).copied().unwrap_or(255);
-        // EINTR, at most a few times: the pump retries.
-        if size == 0 && self.interrupts_left > 0 {
-            self.interrupts_left -= 1;
-            return Err(ErrorKind::Interrupted.into());
-        }
-        let size = size.max(1);
-        let want = usize::from(size).min(buf.len());
-        let read = self.data.read(&mut buf[..want])?;
-        if read == 0 && self.final_error {
-            return Err(ErrorKind::BrokenPipe.into());
-        }
-        Ok(read)
-    }
-}
-
-/// What the guest should get from `input` with the escape on, and whether
-/// the user asked to quit.
-fn filter_escape(input: &[u8]) -> (Vec<u8>, bool) {
+fn filter_escape(input: &[u8], escape: bool) -> Filtered {
     let mut out = Vec::new();
-    let mut bytes = input.iter().copied();
-    while let Some(byte) = bytes.next() {
-        if byte != ESCAPE {
+    let mut produced = vec![0];
+    let mut quit_at = None;
+    let mut after_escape = false;
+    for (i, &byte) in input.iter().enumerate() {
+        if !escape {
             out.push(byte);
-            continue;
+        } else if after_escape {
+            after_escape = false;
+            match byte {
+                ESCAPE_QUIT => {
+                    quit_at = Some(i);
+                    produced.push(out.len());
+                    break;
+                }
+                ESCAPE => out.push(ESCAPE),
+                other => out.extend_from_slice(&[ESCAPE, other]),
+            }
+        } else if byte == ESCAPE {
+            // Waits for the next byte, perhaps in the next chunk; a Ctrl-A
+            // at the very end waits for a key that never comes.
+            after_escape = true;
+        } else {
+            out.push(byte);
         }
-        match bytes.next() {
-            Some(ESCAPE_QUIT) => return (out, true),
-            Some(ESCAPE) => out.push(ESCAPE),
-            Some(other) => out.extend_from_slice(&[ESCAPE, other]),
-            // A Ctrl-A at the very end waits for a key that never comes.
-            None => {}
-        }
+        produced.push(out.len());
     }
-    (out, false)
+    Filtered { out, quit_at, produced }
 }
 
-fn fuzz_pump(input: &mut Input) {
+/// `ConsoleInput` as the VMM's event loop drives it: host input fed in
+/// chunks of fuzz-chosen sizes (empty ones included), deliveries into a
+/// FIFO with fuzz-chosen room each time (none included), interleaved as
+/// the input says or, as the VMM does, never feeding while bytes wait.
+fn fuzz_console(input: &mut Input) {
     let flags = input.u8();
     let escape = flags & 1 != 0;
-    let final_error = flags & 2 != 0;
-    // Taking nothing makes the pump sleep 1 ms: allow it once, rarely.
-    let mut zero_takes_left = usize::from(flags & 0xfc == 0x80);
-    let stop_after = if flags & 0x04 != 0 { Some(usize::from(input.u8())) } else { None };
-    let read_count = usize::from(input.u8() % 8);
-    let read_sizes = input.bytes(read_count);
-    let take_count = usize::from(input.u8() % 8) + 1;
-    let take_sizes = input.bytes(take_count);
+    // The VMM stops reading stdin while bytes are pending; the API allows
+    // feeding more at any time.
+    let interleave = flags & 2 != 0;
+    let schedule = input.u8();
+    let chunk_count = usize::from(input.u8() % 8);
+    let chunk_sizes = input.bytes(chunk_count);
+    let room_count = usize::from(input.u8() % 8) + 1;
+    let rooms = input.bytes(room_count);
     let len = usize::from(input.u16() % 2048);
     let data = input.bytes(len);
+    let model = filter_escape(data, escape);
 
-    let mut got = Vec::new();
-    let mut pushes = 0usize;
-    let stop_checks = std::cell::Cell::new(0usize);
-    let reader = ChoppyReader {
-        data: Cursor::new(data),
-        sizes: read_sizes,
-        calls: 0,
-        interrupts_left: 4,
-        final_error,
-    };
-    let end = pump_input(
-        reader,
-        |bytes| {
-            assert!(!bytes.is_empty(), "pushed nothing");
-            let mut take = usize::from(
-                take_sizes.get(pushes % take_sizes.len().max(1)).copied().unwrap_or(255),
-            );
-            pushes += 1;
-            if take == 0 {
-                if zero_takes_left == 0 {
-                    take = 1;
+    let mut console = ConsoleInput::new(escape);
+    let mut got: Vec<u8> = Vec::new();
+    let mut fed = 0usize;
+    let mut chunks = 0usize;
+    let mut deliveries = 0usize;
+    let mut quit = false;
+    // Bounded: every step feeds at least one byte (empty chunks are
+    // limited) or delivers; deliveries into no room are limited too.
+    let mut empty_feeds_left = 4;
+    let mut empty_rooms_left = 4;
+    let mut steps = 0usize;
+    while !quit && fed < data.len() || console.has_pending() {
+        steps += 1;
+        assert!(steps < 20_000, "the console input does not make progress");
+        let pending = model.produced[fed] - got.len();
+        assert_eq!(console.has_pending(), pending > 0, "has_pending with {pending} pending");
+        let feed_now = !quit
+            && fed < data.len()
+            && (!console.has_pending() || interleave && schedule.rotate_left(steps as u32) & 1 != 0);
+        if feed_now {
+            let mut size = usize::from(chunk_sizes.get(chunks % chunk_count.max(1)).copied().unwrap_or(255));
+            chunks += 1;
+            if size == 0 {
+                if empty_feeds_left == 0 {
+                    size = 1;
                 } else {
-                    zero_takes_left -= 1;
+                    empty_feeds_left -= 1;
                 }
             }
-            let take = take.min(bytes.len());
+            let chunk = &data[fed..(fed + size).min(data.len())];
+            let quits = console.feed(chunk);
+            let quit_here = model.quit_at.is_some_and(|at| (fed..fed + chunk.len()).contains(&at));
+            assert_eq!(quits, quit_here, "feed of {} bytes at {fed}: quit {quits}", chunk.len());
+            if quits {
+                quit = true;
+                fed = model.quit_at.unwrap_or(fed) + 1;
+            } else {
+                fed += chunk.len();
+            }
+            continue;
+        }
+        // Deliver into a FIFO with this much room; it takes what fits.
+        let mut room = usize::from(rooms.get(deliveries % room_count).copied().unwrap_or(255));
+        deliveries += 1;
+        if room == 0 {
+            if empty_rooms_left == 0 {
+                room = 1;
+            } else {
+                empty_rooms_left -= 1;
+            }
+        }
+        let before = got.len();
+        let mut left = room;
+        let emptied = console.deliver(|bytes| {
+            assert!(!bytes.is_empty(), "pushed nothing");
+            let take = left.min(bytes.len());
             got.extend_from_slice(&bytes[..take]);
+            left -= take;
             take
-        },
-        escape,
-        || {
-            stop_checks.set(stop_checks.get() + 1);
-            stop_after.is_some_and(|after| stop_checks.get() > after)
-        },
-    );
-    let (expected, quits) = if escape { filter_escape(data) } else { (data.to_vec(), false) };
-    match end {
-        PumpEnd::Stopped => {
-            assert!(stop_after.is_some(), "stopped without a stop request");
-            assert!(expected.starts_with(&got), "stopped: delivered bytes are not a prefix");
-        }
-        PumpEnd::Quit => {
-            assert!(quits, "quit without Ctrl-A x");
-            assert_eq!(got, expected);
-        }
-        PumpEnd::EndOfInput => {
-            assert!(!quits && !final_error);
-            assert_eq!(got, expected);
-        }
-        PumpEnd::Error(kind) => {
-            assert!(!quits && final_error);
-            assert_eq!(kind, ErrorKind::BrokenPipe);
-            assert_eq!(got, expected);
-        }
+        });
+        assert_eq!(got.len() - before, room.min(pending), "room {room}, {pending} pending");
+        assert_eq!(emptied, room >= pending, "deliver's result, room {room}, {pending} pending");
+        assert_eq!(emptied, !console.has_pending());
+        assert!(model.out.starts_with(&got), "delivered bytes differ from the input's");
     }
+    assert_eq!(quit, model.quit_at.is_some(), "Ctrl-A x not reported");
+    let expected = if quit { &model.out[..] } else { &model.out[..model.produced[data.len()]] };
+    assert_eq!(got, expected);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -240,7 +252,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(rest.iter().all(|&b| b == 0));
                 }
             }
-            _ => fuzz_pump(&mut input),
+            _ => fuzz_console(&mut input),
         }
         let resets = requests.take();
         assert!(resets.iter().all(|r| *r == Request::Reset), "{resets:?}");
