@@ -9,6 +9,7 @@ pub mod rng;
 pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod vsock;
 
 pub use device::{Interrupt, QueueNotify, VirtioDevice, drain_queue, queue_pending};
 pub use mmio::MmioTransport;
