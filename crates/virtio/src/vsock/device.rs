@@ -153,10 +153,12 @@ impl Vsock {
         }
         let shared = Arc::new(mem.clone());
         let mut used = false;
-        while *budget > 0 && self.rx_chains.len() < usize::from(queue.size()) {
+        while *budget > 0 {
             let Some(chain) = queue.iter(shared.clone())?.next() else { break };
             *budget -= 1;
-            if rx_chain_ok(&chain, mem) {
+            // A driver never has more chains out than the ring holds.
+            let room = self.rx_chains.len() < usize::from(queue.size());
+            if room && rx_chain_ok(&chain, mem) {
                 self.rx_chains.push_back(chain);
             } else {
                 self.muxer.counters.malformed += 1;
@@ -240,17 +242,26 @@ impl Vsock {
         }
     }
 
-    /// Holds the event queue's buffers.
+    /// Holds the event queue's buffers (off the ring, so that they are no
+    /// pending work).
     fn take_event_buffers(
         &mut self,
         queue: &mut Queue,
         mem: &Memory,
     ) -> Result<bool, virtio_queue::Error> {
-        while self.event_heads.len() < usize::from(queue.size()) {
+        let mut used = false;
+        for _ in 0..queue.size() {
             let Some(chain) = queue.iter(mem)?.next() else { break };
-            self.event_heads.push(chain.head_index());
+            if self.event_heads.len() < usize::from(queue.size()) {
+                self.event_heads.push(chain.head_index());
+            } else {
+                // More than the ring holds: a driver's bug.
+                self.muxer.counters.malformed += 1;
+                queue.add_used(mem, chain.head_index(), 0)?;
+                used = true;
+            }
         }
-        Ok(false)
+        Ok(used)
     }
 }
 

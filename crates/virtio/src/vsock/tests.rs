@@ -1274,3 +1274,128 @@ fn works_without_event_idx_and_with_split_receive_buffers() {
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"and back");
 }
+
+#[test]
+fn a_full_listener_backlog_is_a_rst_not_a_wait() {
+    use std::os::fd::AsRawFd;
+    let mut rig = Rig::new();
+    let listener = listen(&rig, 52);
+    // SAFETY: listen on a socket we own changes its backlog; no memory.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    rig.send(&guest_pkt(OP_REQUEST, 1, 52));
+    assert_eq!(rig.recv().op, OP_RESPONSE);
+    // The backlog holds one: a blocking connect would wait here.
+    rig.send(&guest_pkt(OP_REQUEST, 2, 52));
+    let rst = rig.recv();
+    assert_eq!((rst.op, rst.dst_port), (OP_RST, 2));
+    listener.accept().unwrap();
+    rig.send(&guest_pkt(OP_REQUEST, 3, 52));
+    assert_eq!(rig.recv().op, OP_RESPONSE);
+}
+
+#[test]
+fn random_guest_traffic_is_survived() {
+    let mut rig = Rig::new();
+    let listener = listen(&rig, 52);
+    listener.set_nonblocking(true).unwrap();
+    let mut hosts: Vec<UnixStream> = Vec::new();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let at = TX_AT;
+    let junk = pattern(MAX_PKT_DATA as usize + 100, 11);
+    rig.mem.write_slice(&junk, GuestAddress(at + 0x100)).unwrap();
+    for _ in 0..10_000 {
+        let mut pkt =
+            guest_pkt(next(9) as u16, next(6) as u32, [52, 53, 1 << 30][next(3) as usize]);
+        if next(20) == 0 {
+            pkt.src_cid = next(5);
+        }
+        if next(20) == 0 {
+            pkt.dst_cid = next(5);
+        }
+        if next(20) == 0 {
+            pkt.type_ = next(4) as u16;
+        }
+        pkt.flags = next(8) as u32;
+        pkt.buf_alloc = [0, 1, 4096, GUEST_BUF, u32::MAX][next(5) as usize];
+        pkt.fwd_cnt = [0, 100, u32::MAX, next(1 << 32) as u32][next(4) as usize];
+        let data_len = [0, 1, 100, 4096, MAX_PKT_DATA, MAX_PKT_DATA + 1][next(6) as usize];
+        pkt.len = if next(10) == 0 { next(1 << 32) as u32 } else { data_len };
+        rig.mem.write_slice(&pkt.encode(), GuestAddress(at)).unwrap();
+        let header_len = if next(20) == 0 { next(HDR as u64 + 1) as u32 } else { HDR as u32 };
+        let mut chain = vec![(at, header_len, next(30) == 0)];
+        if data_len > 0 && next(10) != 0 {
+            chain.push((at + 0x100, data_len, next(30) == 0));
+        }
+        rig.send_chain(&chain);
+        match next(10) {
+            0 => {
+                if let Ok((host, _)) = listener.accept() {
+                    host.set_nonblocking(true).unwrap();
+                    hosts.push(host);
+                }
+            }
+            1 if !hosts.is_empty() => {
+                let i = next(hosts.len() as u64) as usize;
+                let _ = hosts[i].write(&junk[..next(10_000) as usize]);
+            }
+            2 if !hosts.is_empty() => {
+                let i = next(hosts.len() as u64) as usize;
+                hosts.swap_remove(i);
+            }
+            3 => {
+                let mut host = UnixStream::connect(&rig.path).unwrap();
+                host.set_nonblocking(true).unwrap();
+                let _ = host.write_all(format!("CONNECT {}\n", next(6)).as_bytes());
+                hosts.push(host);
+            }
+            4 => {
+                // Streams the device reset may say so.
+                let mut sink = [0u8; 65536];
+                for host in &mut hosts {
+                    while matches!(host.read(&mut sink), Ok(len) if len > 0) {}
+                }
+            }
+            _ => {}
+        }
+        rig.pump();
+        rig.inbox.clear();
+        assert!(rig.device().connections() <= MAX_CONNECTIONS);
+        assert!(
+            rig.device().pending_bytes() <= rig.device().connections() * CONN_BUF_SIZE as usize
+        );
+    }
+    let counters = rig.counters();
+    assert!(counters.malformed > 0 && counters.bad_cid > 0 && counters.bad_op > 0, "{counters:?}");
+    // Still a device: a fresh connection works.
+    listener.set_nonblocking(false).unwrap();
+    let (mut conn, mut host) = rig.guest_connect(777, 52, &listener);
+    rig.guest_write(&mut conn, b"alive", 64);
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"alive");
+}
+
+#[test]
+fn a_driver_posting_more_buffers_than_its_ring_holds_is_not_pending_work() {
+    let mut rig = Rig::with(FEATURES, usize::from(QUEUE_SIZE));
+    assert_eq!(rig.rx.take_used(&rig.mem), vec![], "all held, none used");
+    // The same descriptors made available once more: more than a ring.
+    for head in 0..QUEUE_SIZE {
+        rig.rx.publish(&rig.mem, head);
+    }
+    rig.transport.queue_notify(RX_QUEUE);
+    let used = rig.rx.take_used(&rig.mem);
+    assert_eq!(used.len(), usize::from(QUEUE_SIZE));
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_eq!(rig.counters().malformed, u64::from(QUEUE_SIZE));
+    // The held ones still carry packets.
+    rig.send(&guest_pkt(OP_REQUEST, 1, 99));
+    rig.pump();
+    assert_eq!(rig.inbox.pop_front().map(|pkt| pkt.op), Some(OP_RST));
+}
