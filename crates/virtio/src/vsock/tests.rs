@@ -986,7 +986,7 @@ fn a_host_peer_that_disappears_gets_the_guest_a_rst() {
 
 #[test]
 fn host_programs_that_do_not_say_connect_are_dropped() {
-    let mut rig = Rig::with_timeouts(Duration::from_millis(100));
+    let mut rig = Rig::with_timeouts(Duration::from_millis(250));
     for line in [&b"HELLO 52\n"[..], b"CONNECT\n", b"CONNECT 52 53\n", &[b'9'; 40]] {
         let mut host = UnixStream::connect(&rig.path).unwrap();
         host.write_all(line).unwrap();
