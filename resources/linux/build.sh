@@ -10,7 +10,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-outputs=(vmlinux bzImage initrd-tiny.cpio initrd-busybox.cpio rootfs.ext4)
+outputs=(vmlinux bzImage initrd-tiny.cpio initrd-busybox.cpio rootfs.ext4 vmlinux-acpi)
 packages=(linux-source-6.1 busybox-static gcc make libc6-dev flex bison bc
 	  libelf-dev libssl-dev lz4 xz-utils cpio patch perl python3 e2fsprogs)
 
@@ -50,7 +50,8 @@ shopt -s nullglob
 patches=("$here"/patches/*.patch)
 shopt -u nullglob
 ((${#patches[@]})) || die "no patches in $here/patches"
-recipe=(build.sh config.fragment init/init-tiny.c init/init-busybox.sh init/init-rootfs.sh)
+recipe=(build.sh config.fragment config-acpi.fragment init/init-tiny.c init/init-busybox.sh init/init-rootfs.sh
+	init/vsock-helper.c)
 for p in "${patches[@]}"; do recipe+=("patches/${p##*/}"); done
 hash=$(
 	cd "$here"
@@ -128,27 +129,30 @@ kmake tinyconfig
 run "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/config.fragment"
 kmake olddefconfig
 
-# Every option the fragment sets must have survived olddefconfig.
-bad=0
-while IFS= read -r line; do
-	case $line in
-	CONFIG_*=*)
-		grep -qxF -- "$line" "$src/.config" || {
-			log "config: wanted '$line', got '$(grep -E "^(# )?${line%%=*}[= ]" "$src/.config" || echo unset)'"
-			bad=1
-		}
-		;;
-	"# CONFIG_"*" is not set")
-		sym=${line#\# }
-		sym=${sym%% *}
-		if grep -qE "^$sym=" "$src/.config"; then
-			log "config: wanted '$line', got '$(grep -E "^$sym=" "$src/.config")'"
-			bad=1
-		fi
-		;;
-	esac
-done <"$here/config.fragment"
-((bad == 0)) || die "config.fragment options did not survive olddefconfig (see above)"
+# Every option a fragment sets must have survived olddefconfig.
+check_fragment() {
+	local fragment=$1 bad=0 line sym
+	while IFS= read -r line; do
+		case $line in
+		CONFIG_*=*)
+			grep -qxF -- "$line" "$src/.config" || {
+				log "config: wanted '$line', got '$(grep -E "^(# )?${line%%=*}[= ]" "$src/.config" || echo unset)'"
+				bad=1
+			}
+			;;
+		"# CONFIG_"*" is not set")
+			sym=${line#\# }
+			sym=${sym%% *}
+			if grep -qE "^$sym=" "$src/.config"; then
+				log "config: wanted '$line', got '$(grep -E "^$sym=" "$src/.config")'"
+				bad=1
+			fi
+			;;
+		esac
+	done <"$here/$fragment"
+	((bad == 0)) || die "$fragment options did not survive olddefconfig (see above)"
+}
+check_fragment config.fragment
 
 jobs=$(nproc)
 log "building vmlinux and bzImage with make -j$jobs (takes a few minutes)"
@@ -213,6 +217,10 @@ cp "$busybox" "$root/bin/busybox"
 	ln -sf /bin/busybox "$root/$applet"
 done
 install -m 0755 "$here/init/init-rootfs.sh" "$root/sbin/init"
+# busybox has no AF_VSOCK: the project's own small tool (built against the
+# kernel tree's headers, statically)
+gcc -static -O2 -Wall -Wextra -Werror -I "$src/usr/include" -o "$root/bin/vsock-helper" \
+	"$here/init/vsock-helper.c" >>"$buildlog" 2>&1 || die "vsock-helper.c does not build"
 # 64 MiB, 4 KiB blocks, no journal (nothing to replay after a reboot -f
 # that synced first), root-owned files, fixed UUID and hash seed so that the
 # image depends only on the recipe
@@ -221,12 +229,24 @@ mkfs.ext4 -q -F -b 4096 -O ^has_journal -E root_owner=0:0,hash_seed=5e1c7a4e-000
 	die "mkfs.ext4 -d failed"
 e2fsck -fn "$out/rootfs.ext4" >>"$buildlog" 2>&1 || die "e2fsck -fn finds rootfs.ext4 unclean"
 
+# ---------------------------------------------------------------------------
+# 6. The ACPI variant: the same kernel with config-acpi.fragment on top
+# ---------------------------------------------------------------------------
+log "configuring the ACPI variant: + config-acpi.fragment"
+run "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/config-acpi.fragment"
+kmake olddefconfig
+check_fragment config-acpi.fragment
+log "building vmlinux-acpi with make -j$jobs"
+kmake -j"$jobs" vmlinux
+cp "$src/vmlinux" "$out/vmlinux-acpi"
+cp "$src/.config" "$out/config-acpi"
+
 cp "$buildlog" "$out/build.log"
 ( cd "$out" && sha256sum "${outputs[@]}" >SHA256SUMS )
 log "done in $((SECONDS - start)) s: $(cd "$out" && ls -l "${outputs[@]}" | awk '{printf "%s=%s ", $NF, $5}')"
 
 # ---------------------------------------------------------------------------
-# 6. Publish: stamp last, then one rename
+# 7. Publish: stamp last, then one rename
 # ---------------------------------------------------------------------------
 date -u +%Y-%m-%dT%H:%M:%SZ >"$out/.complete"
 rm -rf "$final"

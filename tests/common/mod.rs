@@ -3,6 +3,8 @@
 //! KVM is not usable, or failing there when `VMM_REQUIRE_KVM=1`.
 #![allow(dead_code)]
 
+pub mod rootfs;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

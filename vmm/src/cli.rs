@@ -133,6 +133,13 @@ pub struct Cli {
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,ip=ADDR,mask=MASK]")]
     pub net: Vec<String>,
 
+    /// A virtio-vsock device, `cid=N,socket=PATH` (Cloud Hypervisor's syntax)
+    /// with Firecracker's hybrid vsock: host programs connect to the Unix
+    /// socket PATH and write `CONNECT <port>`; guest connections to host port
+    /// P go to the Unix socket `PATH_P`.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<String>,
+
     /// A virtio-rng entropy device, optionally `src=PATH` [default source: /dev/urandom].
     #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,

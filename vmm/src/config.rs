@@ -87,6 +87,43 @@ pub fn parse_net(value: &str) -> anyhow::Result<NetConfig> {
     parse().with_context(|| format!("--net {value}"))
 }
 
+/// A `--vsock`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 and up: 0-2 are reserved).
+    pub cid: u64,
+    /// The Unix socket host programs connect to; guest connections to host
+    /// port P go to `PATH_P`.
+    pub socket: PathBuf,
+}
+
+/// Parses `cid=N,socket=PATH`.
+pub fn parse_vsock(value: &str) -> anyhow::Result<VsockConfig> {
+    let parse = || -> anyhow::Result<VsockConfig> {
+        let (mut cid, mut socket) = (None, None);
+        for (key, value) in pairs(value, &["cid", "socket"])? {
+            match key {
+                "cid" => {
+                    let parsed: u64 =
+                        value.parse().with_context(|| format!("cid={value}: not a number"))?;
+                    if !(3..u64::from(u32::MAX)).contains(&parsed) {
+                        bail!(
+                            "cid={value}: 0, 1 and 2 are reserved (the host is 2); give 3 or more"
+                        );
+                    }
+                    cid = Some(parsed);
+                }
+                _ if value.is_empty() => bail!("socket= is empty"),
+                _ => socket = Some(PathBuf::from(value)),
+            }
+        }
+        let Some(cid) = cid else { bail!("cid=N is missing") };
+        let Some(socket) = socket else { bail!("socket=PATH is missing") };
+        Ok(VsockConfig { cid, socket })
+    };
+    parse().with_context(|| format!("--vsock {value}"))
+}
+
 /// A `--rng`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RngConfig {
@@ -211,6 +248,25 @@ mod tests {
         ] {
             assert!(parse_net(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn vsock_takes_a_cid_of_3_or_more_and_a_socket() {
+        let vsock = parse_vsock("cid=3,socket=/tmp/v.sock").unwrap();
+        assert_eq!(vsock, VsockConfig { cid: 3, socket: "/tmp/v.sock".into() });
+        for bad in [
+            "",
+            "cid=3",
+            "socket=/tmp/v",
+            "cid=2,socket=/tmp/v",
+            "cid=x,socket=/tmp/v",
+            "cid=3,socket=",
+            "cid=3,socket=/a,port=1",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad:?} accepted");
+        }
+        let err = format!("{:#}", parse_vsock("cid=1,socket=/tmp/v").unwrap_err());
+        assert!(err.contains("reserved"), "{err}");
     }
 
     #[test]

@@ -24,9 +24,10 @@ use vmm_virtio::block::Block;
 use vmm_virtio::net::Net;
 use vmm_virtio::rng::Rng;
 use vmm_virtio::tap::Tap;
+use vmm_virtio::vsock::Vsock;
 
 use crate::cli::{Boot, Cli, SerialTarget};
-use crate::config::{parse_disk, parse_net, parse_rng};
+use crate::config::{parse_disk, parse_net, parse_rng, parse_vsock};
 use crate::devices::{DeviceManager, add_acpi_pm, legacy_bus};
 use crate::event_loop::EventLoop;
 
@@ -128,8 +129,10 @@ impl Sandbox {
                 .map_err(|err| format!("{name} thread: {}", crate::flag_hints::vcpu_error(err)))?;
         }
         if self.violation.as_deref() == Some(name) {
-            // SAFETY: socket takes no pointers; with the filter on it never returns.
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            // SAFETY: socket takes no pointers; with the filter on it never
+            // returns (the event loop may make Unix sockets, no thread may
+            // make an Internet one).
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         }
         Ok(())
     }
@@ -180,7 +183,7 @@ impl StatsSink {
     }
 }
 
-/// Opens every `--disk`, `--net` and `--rng` and places them in `devices`; returns
+/// Opens every `--disk`, `--net`, `--vsock` and `--rng` and places them in `devices`; returns
 /// the kernel command-line entries that announce them.
 fn add_virtio_devices(
     cli: &Cli,
@@ -221,6 +224,12 @@ fn add_virtio_devices(
         let device = Net::new(tap, net.mac)
             .with_context(|| format!("--net {option}: cannot set up the device"))?;
         entries.push(devices.add_virtio(&name, device, ram.memory())?);
+    }
+    if let Some(option) = &cli.vsock {
+        let vsock = parse_vsock(option)?;
+        let device =
+            Vsock::new(vsock.cid, &vsock.socket).with_context(|| format!("--vsock {option}"))?;
+        entries.push(devices.add_virtio("virtio-vsock", device, ram.memory())?);
     }
     if let Some(option) = &cli.rng {
         let rng = parse_rng(option)?;

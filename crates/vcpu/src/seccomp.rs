@@ -99,6 +99,19 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_fdatasync,
+    // The vsock device: host programs connecting to its Unix socket, its
+    // connections to the host's PATH_<port> sockets, its timeouts, and the
+    // removal of its socket file at exit.
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_shutdown,
+    libc::SYS_timerfd_settime,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// A rule matching calls whose argument `index` equals `value` (an ioctl
@@ -128,7 +141,8 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
                 TUNSETOFFLOAD,
             ]
         }
-        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS, TUNSETOFFLOAD],
+        // FIONBIO: the vsock device makes accepted Unix streams non-blocking.
+        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS, TUNSETOFFLOAD, libc::FIONBIO],
     }
 }
 
@@ -153,11 +167,17 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram> {
     rules.insert(libc::SYS_ioctl, ioctls);
     // fcntl(fd, F_GETFD) only: the standard library checks a descriptor is
     // open before closing it (in debug builds).
-    rules.insert(libc::SYS_fcntl, vec![arg_rule(1, libc::F_GETFD as u64)?]);
+    let mut fcntl = vec![arg_rule(1, libc::F_GETFD as u64)?];
     if kind == ThreadKind::Vmm {
         // prctl(PR_SET_NAME) only: a new thread names itself.
         rules.insert(libc::SYS_prctl, vec![arg_rule(0, libc::PR_SET_NAME as u64)?]);
+        // The vsock device's Unix sockets: made non-blocking (F_GETFL,
+        // F_SETFL), and only Unix sockets may be made.
+        fcntl.push(arg_rule(1, libc::F_GETFL as u64)?);
+        fcntl.push(arg_rule(1, libc::F_SETFL as u64)?);
+        rules.insert(libc::SYS_socket, vec![arg_rule(0, libc::AF_UNIX as u64)?]);
     }
+    rules.insert(libc::SYS_fcntl, fcntl);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -206,7 +226,9 @@ mod tests {
         assert!(!calls.contains(&libc::SYS_read));
         assert!(!calls.contains(&libc::SYS_tgkill));
         assert!(!calls.contains(&libc::SYS_openat));
+        // Sockets only as a rule on the address family (Unix only).
         assert!(!allowed_syscalls(ThreadKind::Vmm).contains(&libc::SYS_socket));
+        assert!(!allowed_syscalls(ThreadKind::Vcpu).contains(&libc::SYS_connect));
         assert!(!allowed_ioctls(ThreadKind::Vmm).contains(&KVM_RUN));
     }
 

@@ -53,6 +53,11 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, virtio_queue::Error>;
 
     /// The driver reset the device: forget everything negotiated.
+    ///
+    /// Like [`VirtioDevice::activate`], this runs on the thread that wrote
+    /// the status register (a vCPU thread, in a VMM), so it should make no
+    /// system calls beyond closing descriptors, writing eventfds and
+    /// setting a tap's offloads: such threads are sandboxed tightly.
     fn reset(&mut self) {}
 
     /// Host descriptors the device wants watched for reading, besides its

@@ -584,7 +584,9 @@ impl<T: TapIo> VirtioDevice for Net<T> {
             self.rx_len = 0;
         }
         self.rx_chains.clear();
-        let _ = self.resume.read();
+        // A pending resume event stays: served after the reset it finds
+        // nothing to do. (A reset runs on the thread that wrote the status
+        // register, a vCPU thread in a VMM, whose sandbox allows no reads.)
         if let Err(err) = self.tap.set_offload(0) {
             log::error!("virtio-net: cannot turn the tap's offloads off: {err}");
         }
