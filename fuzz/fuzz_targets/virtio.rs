@@ -1251,7 +1251,7 @@ impl<D: DeviceChecks> Rig<D> {
                 for index in 0..self.queues.len() {
                     let queue = Self::layout(size, base);
                     self.install(index as u32, &queue, 1);
-                    base = (queue.used.wrapping_add(6 + 8 * u64::from(size)) + 15) & !15;
+                    base = queue.used.wrapping_add(6 + 8 * u64::from(size) + 15) & !15;
                 }
                 self.write_reg(0x30, 0);
                 self.driver_ok();
