@@ -25,9 +25,10 @@ use common::{
     Run, assert_vmm_error, guest, linux_guest, run_vmm, run_vmm_with_limit, scratch_file,
 };
 
-/// A Linux boot to the root disk's marker and the guest's reboot; generous
-/// for a loaded two-core machine that emulates guest kernel code.
-const BOOT_LIMIT: Duration = Duration::from_secs(300);
+/// A Linux boot to the root disk's marker, the checks and the guest's
+/// reboot: 50-70 s on an idle two-core AMD host that emulates guest kernel
+/// code, over 300 s with the machine loaded three times over (measured).
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 // ---------------------------------------------------------------------------
 // Host-side tools: the images are read and written with e2fsprogs
@@ -229,7 +230,6 @@ check vda-serial "$v"
 [ -e /sys/block/vdb ] && check vdb present || check vdb absent
 get /sys/class/misc/hw_random/rng_current
 check rng-current "$v"
-check hwrng-bytes "$(head -c 16 /dev/hwrng 2>/dev/null | wc -c)"
 read -r nonce </proc/sys/kernel/random/uuid
 echo "small boot, nonce $nonce" >/guest-note.txt
 check guest-note "small boot, nonce $nonce"
@@ -475,8 +475,7 @@ fn one_writable_disk_without_rng_on_two_cpus() {
     checks.expect_root_on_vda("0-1");
     checks.expect_eq("vda-serial", &default_serial(&root));
     checks.expect_eq("vdb", "absent");
-    checks.expect("rng-current", "no virtio_rng", |value| !value.contains("virtio_rng"));
-    checks.expect_eq("hwrng-bytes", "0");
+    checks.expect_eq("rng-current", "none");
     let guest_note = checks.value("guest-note").unwrap_or("(not reported)").to_owned();
     checks.expect("guest-note", "small boot, nonce <uuid>", |value| {
         value.starts_with("small boot, nonce ") && value.len() > 40
