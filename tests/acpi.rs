@@ -27,7 +27,8 @@ fn script(ending: &str) -> String {
 echo "VMM-ACPI-ONLINE: $(cat /sys/devices/system/cpu/online)"
 for d in /sys/bus/platform/devices/LNRO0005:*; do echo "VMM-ACPI-VIRTIO: ${{d##*/}} $(cat $d/modalias 2>/dev/null)"; done
 for b in /sys/block/vd*; do [ -e "$b" ] && echo "VMM-ACPI-DISK: ${{b##*/}}"; done
-[ -e /dev/hwrng ] && echo "VMM-ACPI-RNG: $(cat /sys/class/misc/hw_random/rng_current) $(head -c 64 /dev/hwrng | wc -c)"
+rng=$(cat /sys/class/misc/hw_random/rng_current)
+[ "$rng" != none ] && echo "VMM-ACPI-RNG: $rng $(head -c 64 /dev/hwrng | wc -c)"
 echo VMM-ACPI-ENDING
 sync
 {ending}
