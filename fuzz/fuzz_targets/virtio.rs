@@ -853,6 +853,18 @@ impl<D: DeviceChecks> Rig<D> {
                 .flat_map(|(i, (w, _, _))| w.iter().chain(&self.held[*i]).copied())
                 .collect(),
         );
+        if self.expect.holds_chains {
+            // What the device wrote may have rewritten descriptors of
+            // chains it holds: their buffers stay writable for it.
+            for (i, (w, _, _)) in &found {
+                let held = &mut self.held[*i];
+                held.extend(w);
+                *held = merge(std::mem::take(held))
+                    .into_iter()
+                    .map(|(start, end)| (start as u64, (end - start).min(u128::from(u64::MAX)) as u64))
+                    .collect();
+            }
+        }
         let used_rings: Vec<(u64, u64)> =
             live.iter().map(|&i| (self.queues[i].used, self.queues[i].used_len())).collect();
         let checks: Vec<_> = found
