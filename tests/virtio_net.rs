@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::rootfs::{get_file, put_file, root_disk_copy};
-use common::{linux_guest, run_command};
+use common::{linux_guest, pattern, run_command};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(400);
 const HOST: &str = "169.254.10.1";
@@ -102,19 +102,6 @@ fn sha256(bytes: &[u8]) -> String {
     String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }
 
-/// Bytes that are not all alike: a simple xorshift stream.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 const SCRIPT: &str = r#"
 ip addr add 169.254.10.2/30 dev eth0 && ip link set eth0 up && echo VMM-NET-UP
 echo "VMM-NET-MAC: $(cat /sys/class/net/eth0/address)"
@@ -164,7 +151,7 @@ fn net_mac_ping_tcp_both_ways_and_a_flood() {
         }
         Some(total)
     });
-    let sent = pattern(TRANSFER);
+    let sent = pattern(1, TRANSFER);
     let to_guest = {
         let sent = sent.clone();
         ns.run(move || {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::rootfs::{put_file, root_disk_copy};
-use common::{linux_guest, run_vmm_with_limit, scratch_file};
+use common::{linux_guest, pattern, run_vmm_with_limit, scratch_file};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(400);
 const ECHO_PORT: u32 = 1234;
@@ -57,19 +57,6 @@ fn connect_when_listening(socket: &Path, port: u32) -> UnixStream {
             Err(err) => panic!("the guest never listened on port {port}: {err}"),
         }
     }
-}
-
-/// Bytes that differ per connection: a xorshift stream seeded by `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Sends `data` and reads the echo to its end (the host closes its writing

@@ -218,3 +218,17 @@ pub fn linux_guest() -> &'static LinuxGuest {
         LinuxGuest { dir, cmdline: cmdline.trim().to_owned() }
     })
 }
+
+/// `len` bytes that differ from run to run of `seed` but are the same every
+/// time: a xorshift stream (test data whose corruption a comparison sees).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
