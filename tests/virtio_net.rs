@@ -4,7 +4,7 @@
 //! root disk, configures its side and talks to the test, whose threads
 //! enter the same namespace. No traffic leaves the namespace.
 //!
-//! One boot checks everything: the MAC, ping, 256 KiB each way over TCP
+//! One boot checks everything: the MAC, ping both ways, 256 KiB each way over TCP
 //! with equal checksums, and a guest flooding the tap while it still writes
 //! its console and its disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -160,13 +160,19 @@ fn net_mac_ping_tcp_both_ways_and_a_flood() {
             loop {
                 match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
                     Ok(mut stream) => {
+                        // The guest is up and waits for these bytes, so it
+                        // answers pings now.
+                        let ping = Command::new("busybox")
+                            .args(["ping", "-c", "3", "-i", "0.2", "-W", "10", GUEST])
+                            .output()
+                            .expect("run ping");
                         stream.write_all(&sent).unwrap();
-                        return true;
+                        return Some(String::from_utf8_lossy(&ping.stdout).into_owned());
                     }
                     Err(_) if started.elapsed() < BOOT_LIMIT => {
                         std::thread::sleep(Duration::from_millis(500))
                     }
-                    Err(_) => return false,
+                    Err(_) => return None,
                 }
             }
         })
@@ -207,7 +213,11 @@ fn net_mac_ping_tcp_both_ways_and_a_flood() {
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let got = to_host.join().unwrap().expect("listen on the host side");
     assert_eq!(sha256(&got), sha256(&busybox[..TRANSFER]), "guest -> host bytes");
-    assert!(to_guest.join().unwrap(), "the guest never listened");
+    let ping = to_guest.join().unwrap().expect("the guest never listened");
+    assert!(
+        ping.contains("3 packets transmitted, 3 packets received"),
+        "host -> guest ping:\n{ping}"
+    );
     let flooded = flood.join().unwrap().unwrap_or(0);
     assert!(flooded > 0, "the flood never reached the host");
     let written = get_file(&disk, "/root/written").unwrap();
