@@ -4,6 +4,7 @@
 mod cpuid;
 pub mod kvm;
 pub mod modes;
+pub mod pause;
 mod platform;
 pub mod seccomp;
 pub mod thread;

@@ -3,14 +3,16 @@
 //! so a guest that took over a device emulation could not open files,
 //! sockets or processes.
 //!
-//! Two kinds of thread: vCPU threads (KVM_RUN and the few vCPU ioctls the
-//! exit path uses, writes of device output, memory allocation, locking) and
-//! the VMM's other threads (main, console input, signals: reading stdin,
-//! terminal modes, kicking and joining vCPU threads, writing output).
+//! Three kinds of thread: vCPU threads (KVM_RUN and the few vCPU ioctls the
+//! exit path uses, writes of device output, memory allocation, locking),
+//! the VMM's event-loop thread (main: reading stdin, terminal modes,
+//! serving devices, kicking and joining vCPU threads, the VM's clock over a
+//! pause, writing output) and the control API's thread (accepting and
+//! serving connections on its Unix socket; nothing else).
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use kvm_bindings::{kvm_clock_data, kvm_regs, kvm_sregs, kvm_translation};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -23,8 +25,11 @@ use crate::{Error, Result};
 pub enum ThreadKind {
     /// A thread running KVM_RUN for one vCPU.
     Vcpu,
-    /// The main thread, the console input thread and the signal thread.
+    /// The main thread: the event loop (devices, console input, signals).
     Vmm,
+    /// The control API's thread (`--api-socket`): accepts connections on
+    /// its already bound Unix socket and talks HTTP on them.
+    Api,
 }
 
 const KVMIO: u64 = 0xae;
@@ -45,6 +50,13 @@ pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs
 /// KVM_TRANSLATE: `_IOWR(KVMIO, 0x85, struct kvm_translation)`.
 pub const KVM_TRANSLATE: u64 =
     ioc(IOC_READ | IOC_WRITE, 0x85, std::mem::size_of::<kvm_translation>());
+
+/// KVM_GET_CLOCK: `_IOR(KVMIO, 0x7c, struct kvm_clock_data)`; the event loop
+/// reads the guest's clock when it pauses the VM.
+pub const KVM_GET_CLOCK: u64 = ioc(IOC_READ, 0x7c, std::mem::size_of::<kvm_clock_data>());
+/// KVM_SET_CLOCK: `_IOW(KVMIO, 0x7b, struct kvm_clock_data)`; and sets it
+/// back when it resumes, so a paused guest's clock does not jump.
+pub const KVM_SET_CLOCK: u64 = ioc(IOC_WRITE, 0x7b, std::mem::size_of::<kvm_clock_data>());
 
 /// TUNSETOFFLOAD: `_IOW('T', 208, unsigned int)`. A tap-backed device sets
 /// its tap's offloads when the driver activates or resets it, which happens
@@ -114,6 +126,19 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_unlinkat,
 ];
 
+/// Extra system calls of the API thread: accepting a connection on its
+/// listening socket (bound before the filter), reading the request with a
+/// timeout (SO_RCVTIMEO), writing the answer, closing. Waking the event loop
+/// is a write to an eventfd; waiting for its answer is a futex.
+const API_ONLY: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_shutdown,
+];
+
 /// A rule matching calls whose argument `index` equals `value` (an ioctl
 /// request, a fcntl command, a prctl option).
 fn arg_rule(index: u8, value: u64) -> Result<SeccompRule> {
@@ -142,15 +167,26 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
             ]
         }
         // FIONBIO: the vsock device makes accepted Unix streams non-blocking.
-        ThreadKind::Vmm => vec![libc::TCGETS, libc::TCSETS, TUNSETOFFLOAD, libc::FIONBIO],
+        ThreadKind::Vmm => vec![
+            libc::TCGETS,
+            libc::TCSETS,
+            TUNSETOFFLOAD,
+            libc::FIONBIO,
+            KVM_GET_CLOCK,
+            KVM_SET_CLOCK,
+        ],
+        // The panic hook's terminal restore only.
+        ThreadKind::Api => vec![libc::TCGETS, libc::TCSETS],
     }
 }
 
 /// The system calls a thread kind may make without conditions.
 pub fn allowed_syscalls(kind: ThreadKind) -> Vec<libc::c_long> {
     let mut calls = COMMON.to_vec();
-    if kind == ThreadKind::Vmm {
-        calls.extend_from_slice(VMM_ONLY);
+    match kind {
+        ThreadKind::Vmm => calls.extend_from_slice(VMM_ONLY),
+        ThreadKind::Api => calls.extend_from_slice(API_ONLY),
+        ThreadKind::Vcpu => {}
     }
     calls
 }
@@ -217,6 +253,28 @@ mod tests {
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
+        assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
+        assert_eq!(KVM_SET_CLOCK, 0x4030_ae7b);
+    }
+
+    #[test]
+    fn the_api_thread_may_not_open_files_sockets_or_threads() {
+        let calls = allowed_syscalls(ThreadKind::Api);
+        assert!(calls.contains(&libc::SYS_accept4));
+        for forbidden in [
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_bind,
+            libc::SYS_connect,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_execve,
+            libc::SYS_tgkill,
+        ] {
+            assert!(!calls.contains(&forbidden), "{forbidden}");
+        }
+        assert!(!allowed_ioctls(ThreadKind::Api).contains(&KVM_RUN));
+        assert!(!allowed_ioctls(ThreadKind::Api).contains(&KVM_SET_CLOCK));
     }
 
     #[test]
@@ -236,6 +294,7 @@ mod tests {
     fn filters_compile() {
         assert!(!filter(ThreadKind::Vcpu).unwrap().is_empty());
         assert!(!filter(ThreadKind::Vmm).unwrap().is_empty());
+        assert!(!filter(ThreadKind::Api).unwrap().is_empty());
     }
 
     #[test]

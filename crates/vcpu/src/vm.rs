@@ -3,7 +3,7 @@
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_memory::{GuestRam, layout};
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_pit_config};
 
 use crate::{CpuTopology, Result, Vcpu, kvm_error};
 
@@ -50,6 +50,19 @@ impl Vm {
         self.fd.create_irq_chip().map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         self.fd.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))
+    }
+
+    /// The guest's kvmclock (KVM_GET_CLOCK), to hold it still over a pause.
+    pub fn clock(&self) -> Result<kvm_clock_data> {
+        self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))
+    }
+
+    /// Sets the guest's kvmclock to `clock`'s value (KVM_SET_CLOCK), as it
+    /// was read, not advanced by the wall-clock time since: the flags are
+    /// cleared, so KVM does not add the real time elapsed (KVM_CLOCK_REALTIME).
+    pub fn set_clock(&self, clock: &kvm_clock_data) -> Result<()> {
+        let clock = kvm_clock_data { clock: clock.clock, ..Default::default() };
+        self.fd.set_clock(&clock).map_err(kvm_error("KVM_SET_CLOCK"))
     }
 
     /// Creates vCPU `index` of `topology` with the host's supported CPUID,
