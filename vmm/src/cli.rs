@@ -148,6 +148,12 @@ pub struct Cli {
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub acpi: Option<String>,
 
+    /// The control API: HTTP/1.1 on the Unix socket PATH (also `path=PATH`),
+    /// with Cloud Hypervisor's /api/v1/ paths (vmm.ping, vm.info, vm.pause,
+    /// vm.resume, vm.counters, vmm.shutdown).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<String>,
+
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else warn].
     #[arg(long, value_name = "LEVEL", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,

@@ -30,12 +30,80 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_virtio::mmio::QUEUE_NOTIFY;
 use vmm_virtio::{MMIO_WINDOW_SIZE, Memory, MmioTransport, QueueNotify, VirtioDevice};
 
+use crate::api::control::CounterSource;
 use crate::machine::Serial;
+
+/// A device's counters as JSON (for the control API's `vm.counters`).
+pub trait DeviceCounters {
+    /// The counters, by name.
+    fn counters_json(&self) -> serde_json::Value;
+}
+
+impl DeviceCounters for vmm_virtio::block::Block {
+    fn counters_json(&self) -> serde_json::Value {
+        let c = self.counters();
+        serde_json::json!({
+            "requests": c.requests,
+            "read_bytes": c.read_bytes,
+            "write_bytes": c.written_bytes,
+            "errors": c.errors,
+            "malformed": c.malformed,
+        })
+    }
+}
+
+impl<T: vmm_virtio::tap::TapIo> DeviceCounters for vmm_virtio::net::Net<T> {
+    fn counters_json(&self) -> serde_json::Value {
+        let c = self.counters();
+        serde_json::json!({
+            "rx_frames": c.rx_frames,
+            "rx_bytes": c.rx_bytes,
+            "rx_dropped": c.rx_dropped,
+            "tx_frames": c.tx_frames,
+            "tx_bytes": c.tx_bytes,
+            "tx_dropped": c.tx_dropped,
+            "malformed": c.malformed,
+        })
+    }
+}
+
+impl DeviceCounters for vmm_virtio::vsock::Vsock {
+    fn counters_json(&self) -> serde_json::Value {
+        let c = self.counters();
+        serde_json::json!({
+            "rx_packets": c.rx_packets,
+            "rx_bytes": c.rx_bytes,
+            "tx_packets": c.tx_packets,
+            "tx_bytes": c.tx_bytes,
+            "connections": c.connections,
+            "open_connections": self.connections(),
+            "rst_sent": c.rst_sent,
+            "rst_dropped": c.rst_dropped,
+            "refused": c.refused,
+            "malformed": c.malformed,
+            "bad_cid": c.bad_cid,
+            "bad_op": c.bad_op,
+            "unknown_connection": c.unknown_connection,
+            "credit_overflow": c.credit_overflow,
+            "timeouts": c.timeouts,
+        })
+    }
+}
+
+impl<R: std::io::Read + Send> DeviceCounters for vmm_virtio::rng::Rng<R> {
+    fn counters_json(&self) -> serde_json::Value {
+        serde_json::json!({ "bytes": self.bytes() })
+    }
+}
 
 /// A virtio-mmio device placed in the machine.
 pub struct VirtioSlot {
     /// What it is, for messages ("virtio-blk", ...).
     pub name: String,
+    /// Its id in the control API's counters ("disk0", "net0", "vsock", "rng").
+    pub id: String,
+    /// Reads its counters.
+    pub counters: CounterSource,
     /// Guest-physical base of its register window.
     pub addr: u64,
     /// Its interrupt line.
@@ -76,9 +144,10 @@ impl DeviceManager {
 
     /// Places `device` behind a virtio-mmio transport on `mem` and returns
     /// the kernel command-line entry that announces it.
-    pub fn add_virtio<D: VirtioDevice + 'static>(
+    pub fn add_virtio<D: VirtioDevice + DeviceCounters + 'static>(
         &mut self,
         name: &str,
+        id: &str,
         device: D,
         mem: &Memory,
     ) -> anyhow::Result<String> {
@@ -105,9 +174,15 @@ impl DeviceManager {
             notifiers.iter().map(EventFd::try_clone).collect::<std::io::Result<_>>()?,
         );
         let transport = Arc::new(Mutex::new(transport));
+        let typed = transport.clone();
+        let counters: CounterSource = Box::new(move || {
+            typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).device().counters_json()
+        });
         let addr = range.start();
         self.virtio.push(VirtioSlot {
             name: name.to_owned(),
+            id: id.to_owned(),
+            counters,
             addr,
             gsi,
             transport: transport.clone(),

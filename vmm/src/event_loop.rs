@@ -1,23 +1,41 @@
 //! The event loop: the main thread waits on file descriptors only (queue
 //! notifiers, console input and room in the UART's FIFO, stop signals
-//! through a signalfd, and the run's end), with rust-vmm's event-manager.
+//! through a signalfd, the control API's requests, and the run's end), with
+//! rust-vmm's event-manager.
+//!
+//! While the VM is paused the loop serves no device: the subscribers of the
+//! virtio queues and host descriptors and of the console input are taken
+//! out of the loop ([`EventLoop::pause_devices`]) and put back on resume, so
+//! nothing is read, written or delivered to the guest meanwhile and what
+//! arrived waits in its descriptor.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use vmm_devices::console::ConsoleInput;
 use vmm_dispatch::{Outcome, RunControl};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::QueueNotify;
 
+use crate::api::{Action, Message, Reply};
 use crate::machine::Serial;
 
 /// The loop and what it serves.
 pub struct EventLoop {
     manager: EventManager<Box<dyn MutEventSubscriber>>,
     control: Arc<RunControl>,
+    /// The subscribers that serve the guest's devices (queues, console
+    /// input), taken out while paused.
+    devices: Vec<SubscriberId>,
+    /// The device subscribers taken out by a pause.
+    parked: Vec<Box<dyn MutEventSubscriber>>,
+    /// The control API's requests, when it is on.
+    api: Option<Receiver<Message>>,
 }
 
 impl EventLoop {
@@ -27,12 +45,40 @@ impl EventLoop {
         let mut manager: EventManager<Box<dyn MutEventSubscriber>> =
             EventManager::new().context("cannot create the event loop (epoll)")?;
         manager.add_subscriber(Box::new(Finished(finished)));
-        Ok(EventLoop { manager, control })
+        Ok(EventLoop { manager, control, devices: Vec::new(), parked: Vec::new(), api: None })
     }
 
     /// Serves the queues of a virtio device when their notifiers fire.
     pub fn add_queues(&mut self, transport: Arc<Mutex<dyn QueueNotify>>, notifiers: Vec<EventFd>) {
-        self.manager.add_subscriber(Box::new(Queues { transport, notifiers }));
+        let id = self.manager.add_subscriber(Box::new(Queues { transport, notifiers }));
+        self.devices.push(id);
+    }
+
+    /// Takes the control API's requests from `requests` whenever `wake`
+    /// fires; [`EventLoop::run`]'s handler answers them.
+    pub fn add_api(&mut self, requests: Receiver<Message>, wake: EventFd) {
+        self.manager.add_subscriber(Box::new(Finished(wake)));
+        self.api = Some(requests);
+    }
+
+    /// Stops serving the devices (the VM is paused): their subscribers
+    /// leave the loop, and with them their descriptors.
+    pub fn pause_devices(&mut self) {
+        for id in self.devices.drain(..) {
+            match self.manager.remove_subscriber(id) {
+                Ok(subscriber) => self.parked.push(subscriber),
+                Err(err) => log::error!("cannot pause a device's events: {err:?}"),
+            }
+        }
+    }
+
+    /// Serves the devices again: their subscribers rejoin the loop and
+    /// watch their descriptors again (what arrived meanwhile is served now).
+    pub fn resume_devices(&mut self) {
+        for subscriber in self.parked.drain(..) {
+            let id = self.manager.add_subscriber(subscriber);
+            self.devices.push(id);
+        }
     }
 
     /// Ends the run on SIGINT, SIGTERM or SIGHUP (which the caller has
@@ -46,29 +92,44 @@ impl EventLoop {
     /// Feeds stdin to the UART's receive FIFO, waiting for `room` when it
     /// is full; with `escape`, Ctrl-A x ends the run.
     pub fn add_console_input(&mut self, serial: Arc<Serial>, room: EventFd, escape: bool) {
-        self.manager.add_subscriber(Box::new(Console {
+        let id = self.manager.add_subscriber(Box::new(Console {
             input: ConsoleInput::new(escape),
             serial,
             room,
             control: self.control.clone(),
             reading: true,
         }));
+        self.devices.push(id);
     }
 
-    /// Runs until the run is over.
-    pub fn run(&mut self) -> anyhow::Result<()> {
+    /// Runs until the run is over; `handle` answers the control API's
+    /// requests, with the loop at hand (to pause the devices).
+    pub fn run(
+        &mut self,
+        mut handle: impl FnMut(Action, &mut EventLoop) -> Reply,
+    ) -> anyhow::Result<()> {
         while !self.control.should_stop() {
             match self.manager.run() {
                 Ok(_) => {}
                 Err(event_manager::Error::Epoll(err)) if err.errno() == libc::EINTR => {}
                 Err(err) => return Err(anyhow::anyhow!("the event loop failed: {err:?}")),
             }
+            let messages: Vec<Message> = match &self.api {
+                Some(requests) => requests.try_iter().collect(),
+                None => Vec::new(),
+            };
+            for (action, reply) in messages {
+                let answer = handle(action, self);
+                // The API thread may have given up waiting; nothing to do.
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }
 }
 
-/// The run's end: it only wakes the loop, which then sees the stop flag.
+/// An eventfd that only wakes the loop: the run's end (the loop then sees
+/// the stop flag) or a control API request (the loop then takes it).
 struct Finished(EventFd);
 
 impl MutEventSubscriber for Finished {
@@ -263,7 +324,11 @@ impl MutEventSubscriber for Console {
         if let Err(err) = ops.add(Events::with_data(&self.room, ROOM_DATA, EventSet::IN)) {
             log::error!("cannot watch the serial input room: {err:?}");
         }
-        if let Err(err) = ops.add(Events::with_data_raw(STDIN, STDIN_DATA, EventSet::IN)) {
+        // Back from a pause, stdin is watched again only if it was before
+        // (not after its end, nor while the FIFO is full).
+        if self.reading
+            && let Err(err) = ops.add(Events::with_data_raw(STDIN, STDIN_DATA, EventSet::IN))
+        {
             // A regular file as stdin cannot be waited on.
             log::warn!("console input is not read: stdin cannot be watched ({err:?})");
             self.reading = false;

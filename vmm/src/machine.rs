@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use anyhow::{Context, bail};
 use seccompiler::BpfProgram;
@@ -26,6 +26,9 @@ use vmm_virtio::rng::Rng;
 use vmm_virtio::tap::Tap;
 use vmm_virtio::vsock::Vsock;
 
+use crate::api::control::Controller;
+use crate::api::http::VmmLink;
+use crate::api::{ApiError, ApiSocket};
 use crate::cli::{Boot, Cli, SerialTarget};
 use crate::config::{parse_disk, parse_net, parse_rng, parse_vsock};
 use crate::devices::{DeviceManager, add_acpi_pm, legacy_bus};
@@ -99,13 +102,15 @@ fn boot_protocol(boot: Boot) -> BootProtocol {
 struct Sandbox {
     vcpu: Option<BpfProgram>,
     vmm: Option<BpfProgram>,
-    /// `VMM_TEST_SECCOMP_VIOLATION=vcpu|main`: make a forbidden system call
+    /// The API thread's, compiled only with `--api-socket`.
+    api: Option<BpfProgram>,
+    /// `VMM_TEST_SECCOMP_VIOLATION=vcpu|main|api`: make a forbidden system call
     /// in that thread once its filter is on, to prove the filter works.
     violation: Option<String>,
 }
 
 impl Sandbox {
-    fn new(enabled: bool) -> anyhow::Result<Sandbox> {
+    fn new(enabled: bool, api: bool) -> anyhow::Result<Sandbox> {
         if enabled {
             seccomp::prepare_process();
         }
@@ -113,6 +118,7 @@ impl Sandbox {
         Ok(Sandbox {
             vcpu: if enabled { compile(ThreadKind::Vcpu)? } else { None },
             vmm: if enabled { compile(ThreadKind::Vmm)? } else { None },
+            api: if enabled && api { compile(ThreadKind::Api)? } else { None },
             violation: std::env::var("VMM_TEST_SECCOMP_VIOLATION").ok(),
         })
     }
@@ -123,6 +129,7 @@ impl Sandbox {
         let program = match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Vmm => &self.vmm,
+            ThreadKind::Api => &self.api,
         };
         if let Some(program) = program {
             seccomp::apply(program)
@@ -210,9 +217,9 @@ fn add_virtio_devices(
         let block =
             Block::open(&disk.path, disk.readonly, disk.id.as_deref()).with_context(context)?;
         let name = format!("virtio-blk {} (/dev/vd{})", disk.path.display(), disk_letter(index));
-        entries.push(devices.add_virtio(&name, block, ram.memory())?);
+        entries.push(devices.add_virtio(&name, &format!("disk{index}"), block, ram.memory())?);
     }
-    for option in &cli.net {
+    for (index, option) in cli.net.iter().enumerate() {
         let net = parse_net(option)?;
         let tap = Tap::open(&net.tap).with_context(|| format!("--net {option}"))?;
         if let Some((ip, mask)) = net.host {
@@ -223,20 +230,20 @@ fn add_virtio_devices(
         let name = format!("virtio-net {}", tap.name());
         let device = Net::new(tap, net.mac)
             .with_context(|| format!("--net {option}: cannot set up the device"))?;
-        entries.push(devices.add_virtio(&name, device, ram.memory())?);
+        entries.push(devices.add_virtio(&name, &format!("net{index}"), device, ram.memory())?);
     }
     if let Some(option) = &cli.vsock {
         let vsock = parse_vsock(option)?;
         let device =
             Vsock::new(vsock.cid, &vsock.socket).with_context(|| format!("--vsock {option}"))?;
-        entries.push(devices.add_virtio("virtio-vsock", device, ram.memory())?);
+        entries.push(devices.add_virtio("virtio-vsock", "vsock", device, ram.memory())?);
     }
     if let Some(option) = &cli.rng {
         let rng = parse_rng(option)?;
         let source = std::fs::File::open(&rng.src).with_context(|| {
             format!("--rng {option}: cannot open the entropy source {}", rng.src.display())
         })?;
-        entries.push(devices.add_virtio("virtio-rng", Rng::new(source), ram.memory())?);
+        entries.push(devices.add_virtio("virtio-rng", "rng", Rng::new(source), ram.memory())?);
     }
     Ok(entries)
 }
@@ -262,6 +269,9 @@ pub struct Machine {
     sandbox: Sandbox,
     stats_sink: Option<StatsSink>,
     exit_stats: bool,
+    /// The control API's socket and the configuration it reports, with
+    /// `--api-socket`.
+    api: Option<(ApiSocket, serde_json::Value)>,
 }
 
 impl Machine {
@@ -270,7 +280,8 @@ impl Machine {
     /// is unusable, then KVM.
     pub fn build(cli: &Cli) -> anyhow::Result<Machine> {
         let control = Arc::new(RunControl::new());
-        let sandbox = Sandbox::new(cli.seccomp == "on").map_err(crate::flag_hints::vcpu_error)?;
+        let sandbox = Sandbox::new(cli.seccomp == "on", cli.api_socket.is_some())
+            .map_err(crate::flag_hints::vcpu_error)?;
         // Blocked before any other thread exists, so that every thread
         // inherits the mask; the event loop takes them through a signalfd.
         let _blocked =
@@ -329,6 +340,16 @@ impl Machine {
             };
             vmm_loader::acpi::write(&ram, &machine)?;
         }
+
+        // The last of the user's input: the socket exists from here until
+        // the VMM exits (or this fails further on).
+        let api = match &cli.api_socket {
+            Some(option) => Some((
+                ApiSocket::bind(option)?,
+                crate::api::control::config_json(cli, options.cmdline.as_deref())?,
+            )),
+            None => None,
+        };
 
         let kvm = vmm_vcpu::kvm::open(&cli.kvm_device)?;
         let max_cpus = kvm.get_max_vcpus();
@@ -397,6 +418,7 @@ impl Machine {
             sandbox,
             stats_sink,
             exit_stats: cli.exit_stats.is_some(),
+            api,
         })
     }
 
@@ -415,6 +437,7 @@ impl Machine {
             sandbox,
             stats_sink,
             exit_stats,
+            mut api,
         } = self;
         let mut event_loop = EventLoop::new(control.clone(), finished.try_clone()?)?;
         for slot in &devices.virtio {
@@ -428,38 +451,85 @@ impl Machine {
             event_loop.add_console_input(serial.clone(), serial_room, terminal.is_some());
         }
 
-        let mut threads: Vec<VcpuThread<Option<ExitStats>>> = Vec::new();
+        // Exit statistics are kept for --exit-stats, and for the API's
+        // vm.counters.
+        let keep_stats = exit_stats || api.is_some();
+        let mut all_stats: Vec<Arc<Mutex<ExitStats>>> = Vec::new();
+        let mut threads: Vec<VcpuThread<()>> = Vec::new();
         for vcpu in vcpus {
             let (dispatcher, control) = (dispatcher.clone(), control.clone());
-            let mut stats = exit_stats.then(|| ExitStats::new(vcpu.index()));
+            let stats = keep_stats.then(|| Arc::new(Mutex::new(ExitStats::new(vcpu.index()))));
+            all_stats.extend(stats.clone());
             let sandbox = sandbox.clone();
             let wake = WakeOnExit(finished.clone());
             threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
                 let _wake = wake;
                 if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {
-                    dispatcher.run(vcpu, &control, stats.as_mut());
+                    dispatcher.run(vcpu, &control, stats.as_deref());
                 }
-                stats
             })?);
         }
+        let kick_all = || {
+            for thread in &threads {
+                thread.kick();
+            }
+        };
+        let mut controller = match &mut api {
+            Some((socket, config)) => {
+                let (requests, received) = mpsc::channel();
+                let wake = EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?;
+                event_loop.add_api(received, wake.try_clone()?);
+                let link = VmmLink::new(requests, wake);
+                let listener = socket.take_listener().context("the API socket is gone")?;
+                let (sandbox, api_control) = (sandbox.clone(), control.clone());
+                // Wakes the event loop if the thread ends (its filter failed).
+                let wake = WakeOnExit(finished.clone());
+                std::thread::Builder::new()
+                    .name("api".into())
+                    .spawn(move || {
+                        let _wake = wake;
+                        // Its filter before it serves anything.
+                        if sandbox.enter_or_stop(ThreadKind::Api, "api", &api_control) {
+                            crate::api::http::serve(&listener, &link);
+                        }
+                    })
+                    .context("cannot spawn the API thread")?;
+                let mut controller =
+                    Controller::new(&vm, &control, &kick_all, threads.len(), config.clone());
+                controller.devices =
+                    devices.virtio.iter().map(|slot| (slot.id.as_str(), &slot.counters)).collect();
+                controller.exit_stats = all_stats.clone();
+                Some(controller)
+            }
+            None => None,
+        };
 
         // The event loop's filter goes on once every thread is started.
         if sandbox.enter_or_stop(ThreadKind::Vmm, "main", &control)
-            && let Err(err) = event_loop.run()
+            && let Err(err) = event_loop.run(|action, event_loop| match controller.as_mut() {
+                Some(controller) => controller.handle(action, event_loop),
+                None => Err(ApiError::new(503, "no control API")),
+            })
         {
             control.finish(Outcome::VmmError { error: format!("{err:#}") });
         }
+        drop(controller);
         let outcome = control.wait();
-        for thread in &threads {
-            thread.kick();
-        }
-        let mut stats = Vec::new();
+        kick_all();
         for thread in threads {
-            match thread.join() {
-                Ok(vcpu_stats) => stats.extend(vcpu_stats),
-                Err(_) => log::error!("a vCPU thread panicked"),
+            if thread.join().is_err() {
+                log::error!("a vCPU thread panicked");
             }
         }
+        let stats: Vec<ExitStats> = all_stats
+            .into_iter()
+            .map(|stats| match Arc::try_unwrap(stats) {
+                Ok(stats) => stats.into_inner().unwrap_or_else(PoisonError::into_inner),
+                Err(shared) => {
+                    std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
+                }
+            })
+            .collect();
         drop(terminal);
         if let Err(err) = serial.lock().unwrap_or_else(PoisonError::into_inner).flush() {
             log::warn!("cannot flush the serial output: {err}");
@@ -475,6 +545,8 @@ impl Machine {
         }
         drop(devices);
         drop(vm);
+        // Removes the API socket.
+        drop(api);
         Ok(outcome)
     }
 }

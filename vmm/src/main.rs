@@ -4,6 +4,7 @@
 //! devices on the bus, start the vCPU on its thread, wait for the outcome and
 //! turn it into the process exit status. Everything else lives in the crates.
 
+mod api;
 mod cli;
 mod config;
 mod devices;

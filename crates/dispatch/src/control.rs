@@ -1,18 +1,23 @@
-//! Deciding, once, how a run ends, and telling every thread; blocking the
-//! signals that end it.
+//! Deciding, once, how a run ends, and telling every thread; pausing the
+//! vCPU loops; blocking the signals that end a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use vmm_vcpu::Vcpu;
+use vmm_vcpu::pause::PauseGate;
+
 use crate::Outcome;
 
-/// The shared end-of-run state: the first outcome reported wins, every vCPU
-/// loop sees the stop flag, and the main thread waits for the outcome.
+/// The shared run state: the first outcome reported wins, every vCPU loop
+/// sees the stop flag (and the pause gate), and the main thread waits for
+/// the outcome. Ending the run releases paused vCPUs.
 #[derive(Debug, Default)]
 pub struct RunControl {
     stop: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     finished: Condvar,
+    gate: PauseGate<Vcpu>,
 }
 
 impl RunControl {
@@ -26,6 +31,8 @@ impl RunControl {
     pub fn finish(&self, outcome: Outcome) -> bool {
         let mut slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
         self.stop.store(true, Ordering::SeqCst);
+        // A paused vCPU leaves its wait and sees the stop flag.
+        self.gate.release();
         if slot.is_some() {
             log::debug!("run already ended; ignoring: {outcome}");
             return false;
@@ -38,6 +45,11 @@ impl RunControl {
     /// True once the run has ended; vCPU loops stop entering the guest.
     pub fn should_stop(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The gate that pauses the vCPU loops (see [`vmm_vcpu::pause`]).
+    pub fn gate(&self) -> &PauseGate<Vcpu> {
+        &self.gate
     }
 
     /// Blocks until the run ends and returns how.
@@ -100,5 +112,14 @@ mod tests {
         assert!(!control.finish(Outcome::PowerOff { vcpu: 0 }));
         assert!(control.should_stop());
         assert_eq!(waiter.join().unwrap(), Outcome::DebugExit { value: 1 });
+    }
+
+    #[test]
+    fn the_end_of_the_run_releases_a_pause() {
+        let control = RunControl::new();
+        assert!(control.gate().request_pause());
+        control.finish(Outcome::DebugExit { value: 0 });
+        assert!(!control.gate().is_paused());
+        assert!(!control.gate().request_pause());
     }
 }

@@ -5,8 +5,8 @@ mod control;
 mod outcome;
 mod stats;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -18,7 +18,7 @@ use vmm_vcpu::Vcpu;
 pub use control::{BlockedSignals, RunControl};
 pub use outcome::{EXIT_VMM_ERROR, Outcome, ResetCause};
 use stats::{Classified, ExitReason};
-pub use stats::{ExitStats, stats_json};
+pub use stats::{ExitReport, ExitStats, MmioCount, PortCount, stats_json};
 
 /// Counters of accesses no device claimed.
 #[derive(Debug, Default)]
@@ -141,13 +141,16 @@ impl Dispatcher {
     }
 
     /// Runs `vcpu` until its run ends or `control` says to stop, and returns
-    /// how its run ended (also reported to `control`). With `stats`, every
-    /// exit is counted and timed; without, the loop does no extra work.
+    /// how its run ended (also reported to `control`). Before each entry
+    /// into the guest the vCPU parks if `control`'s gate asks for a pause.
+    /// With `stats`, every exit is counted and timed (one uncontended lock
+    /// per exit, so that the control API can read them while the guest
+    /// runs); without, the loop does no extra work.
     pub fn run(
         &self,
         vcpu: &mut Vcpu,
         control: &RunControl,
-        mut stats: Option<&mut ExitStats>,
+        stats: Option<&Mutex<ExitStats>>,
     ) -> Outcome {
         let index = vcpu.index();
         let _panic_guard = PanicGuard { control, vcpu: index };
@@ -155,19 +158,24 @@ impl Dispatcher {
             if control.should_stop() {
                 break Outcome::Stopped { reason: format!("vCPU {index} stopped"), status: 0 };
             }
+            if control.gate().park_if_requested(index, vcpu) && control.should_stop() {
+                // Released from a pause because the run ended.
+                break Outcome::Stopped { reason: format!("vCPU {index} stopped"), status: 0 };
+            }
             let entered = stats.is_some().then(Instant::now);
             let result = vcpu.run();
             let exited = entered.map(|_| Instant::now());
+            let mut classified = None;
             let step = match result {
                 Ok(exit) => {
-                    if let Some(stats) = stats.as_deref_mut() {
-                        stats.record(Classified::of(&exit));
+                    if stats.is_some() {
+                        classified = Some(Classified::of(&exit));
                     }
                     self.handle(index, exit)
                 }
                 Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
-                    if let Some(stats) = stats.as_deref_mut() {
-                        stats.record(Classified::Plain(ExitReason::Interrupted));
+                    if stats.is_some() {
+                        classified = Some(Classified::Plain(ExitReason::Interrupted));
                     }
                     // EINTR: a kick (checked at the top); EAGAIN: a secondary
                     // CPU woken from its wait for INIT/SIPI. Both re-enter.
@@ -180,9 +188,11 @@ impl Dispatcher {
                     Step::Finish(Outcome::RunFailed { vcpu: index, error: err.to_string() })
                 }
             };
-            if let (Some(stats), Some(entered), Some(exited)) =
-                (stats.as_deref_mut(), entered, exited)
-            {
+            if let (Some(stats), Some(entered), Some(exited)) = (stats, entered, exited) {
+                let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(classified) = classified {
+                    stats.record(classified);
+                }
                 stats.run_time += exited - entered;
                 stats.handle_time += exited.elapsed();
             }
@@ -240,7 +250,6 @@ impl Drop for PanicGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
     use vm_device::MutDevicePio;
     use vm_device::bus::{MmioRange, PioAddressOffset, PioRange};
 

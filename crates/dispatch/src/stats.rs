@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use kvm_ioctls::VcpuExit;
+use serde::Serialize;
 
 /// How many ports and MMIO addresses the reports list.
 const TOP_ADDRESSES: usize = 5;
@@ -177,40 +178,128 @@ impl ExitStats {
         text
     }
 
-    /// A JSON object.
-    fn to_json(&self) -> String {
-        let counts: Vec<String> = ExitReason::ALL
-            .iter()
-            .map(|reason| format!("\"{}\": {}", reason.name(), self.count(*reason)))
-            .collect();
-        let ports: Vec<String> = self
-            .top_ports()
-            .iter()
-            .map(|(p, n)| format!("{{\"port\": {p}, \"count\": {n}}}"))
-            .collect();
-        let mmio: Vec<String> = self
-            .top_mmio()
-            .iter()
-            .map(|(a, n)| format!("{{\"address\": {a}, \"count\": {n}}}"))
-            .collect();
-        format!(
-            "{{\"vcpu\": {}, \"total\": {}, \"exits\": {{{}}}, \"top_ports\": [{}], \"top_mmio\": [{}], \
-             \"run_ns\": {}, \"handle_ns\": {}}}",
-            self.vcpu,
-            self.total(),
-            counts.join(", "),
-            ports.join(", "),
-            mmio.join(", "),
-            self.run_time.as_nanos(),
-            self.handle_time.as_nanos()
-        )
+    /// The statistics as a plain serde value (what `--exit-stats=PATH`
+    /// writes per vCPU, and the control API's `vm.counters` gives).
+    pub fn report(&self) -> ExitReport {
+        ExitReport {
+            vcpu: self.vcpu,
+            total: self.total(),
+            exits: ExitReason::ALL.iter().map(|r| (r.name(), self.count(*r))).collect(),
+            top_ports: self
+                .top_ports()
+                .into_iter()
+                .map(|(port, count)| PortCount { port, count })
+                .collect(),
+            top_mmio: self
+                .top_mmio()
+                .into_iter()
+                .map(|(address, count)| MmioCount { address, count })
+                .collect(),
+            run_ns: self.run_time.as_nanos(),
+            handle_ns: self.handle_time.as_nanos(),
+        }
     }
 }
 
-/// All vCPUs' statistics as one JSON document.
+/// One vCPU's exit statistics, as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitReport {
+    /// The vCPU.
+    pub vcpu: u8,
+    /// All exits.
+    pub total: u64,
+    /// Exits by reason, every reason in report order.
+    #[serde(serialize_with = "ordered_map")]
+    pub exits: Vec<(&'static str, u64)>,
+    /// The ports with the most exits, most first.
+    pub top_ports: Vec<PortCount>,
+    /// The MMIO addresses with the most exits, most first.
+    pub top_mmio: Vec<MmioCount>,
+    /// Nanoseconds inside KVM_RUN.
+    pub run_ns: u128,
+    /// Nanoseconds handling exits.
+    pub handle_ns: u128,
+}
+
+/// Exits at one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortCount {
+    /// The port.
+    pub port: u16,
+    /// Its exits.
+    pub count: u64,
+}
+
+/// Exits at one MMIO address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MmioCount {
+    /// The guest-physical address.
+    pub address: u64,
+    /// Its exits.
+    pub count: u64,
+}
+
+/// `(key, value)` pairs as a JSON object, in their order.
+fn ordered_map<S: serde::Serializer>(
+    pairs: &[(&'static str, u64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (key, value) in pairs {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
+/// The reports of all vCPUs, as one document: `{"vcpus": [...]}`.
+#[derive(Debug, Serialize)]
+struct StatsDocument {
+    vcpus: Vec<ExitReport>,
+}
+
+/// serde_json's compact output with a space after each `:` and `,`: the
+/// `--exit-stats` file's layout since it was written by hand, which scripts
+/// may match.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// All vCPUs' statistics as one JSON document (serde_json), ending in a
+/// newline.
 pub fn stats_json(stats: &[ExitStats]) -> String {
-    let vcpus: Vec<String> = stats.iter().map(ExitStats::to_json).collect();
-    format!("{{\"vcpus\": [{}]}}\n", vcpus.join(", "))
+    let document = StatsDocument { vcpus: stats.iter().map(ExitStats::report).collect() };
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    // Serializing plain structs of numbers and strings into a Vec cannot fail.
+    if document.serialize(&mut serializer).is_err() {
+        return "{\"vcpus\": []}\n".to_owned();
+    }
+    out.push(b'\n');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn top<K: Copy + Ord>(counts: &HashMap<K, u64>) -> Vec<(K, u64)> {
@@ -263,6 +352,11 @@ mod tests {
             "\"top_ports\": [{\"port\": 1016, \"count\": 3}, {\"port\": 1021, \"count\": 1}]"
         ));
         assert!(json.contains("\"run_ns\": 2000000"));
+        assert!(json.ends_with("\"handle_ns\": 0}]}\n"), "{json}");
+        // Valid JSON, read back with serde_json.
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["vcpus"][0]["exits"]["hlt"], 1);
+        assert_eq!(value["vcpus"][0]["top_mmio"][0]["address"], 0xd000_0000u64);
     }
 
     #[test]
