@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_vmm_error, guest, run_command, scratch_file};
+use common::rootfs::{put_file, root_disk_copy};
+use common::{assert_vmm_error, guest, linux_guest, run_command, scratch_file};
 
 /// A running VMM with the counter guest and an API socket; killed if the
 /// test ends without shutting it down.
@@ -23,25 +24,37 @@ struct Vmm {
 }
 
 impl Vmm {
+    /// The counter guest, once it printed its first tick.
     fn start(name: &str, extra: &[&str]) -> Vmm {
+        let kernel = guest("counter.elf");
+        let mut args = vec!["--kernel", kernel.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let vmm = Vmm::spawn(name, &args);
+        vmm.wait_for_ticks(1, Duration::from_secs(30));
+        vmm
+    }
+
+    /// The VMM with `args`, an API socket and its console to a file.
+    fn spawn(name: &str, args: &[&str]) -> Vmm {
         let socket = scratch_file(&format!("{name}.sock"));
         let serial = scratch_file(&format!("{name}.serial"));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(["--kernel", guest("counter.elf").to_str().unwrap()])
+            .args(args)
             .arg("--api-socket")
             .arg(&socket)
             .arg(format!("--serial=file:{}", serial.display()))
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the vmm binary");
-        let vmm = Vmm { child: Some(child), socket, serial };
-        // The socket exists before the guest runs; wait for the first tick.
-        vmm.wait_for_ticks(1, Duration::from_secs(30));
-        vmm
+        Vmm { child: Some(child), socket, serial }
+    }
+
+    /// What the guest printed so far.
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
 
     /// The tick numbers the guest printed so far.
@@ -470,4 +483,105 @@ fn a_socket_in_use_by_another_vmm_is_refused() {
     // The first VMM's socket still works.
     assert_eq!(vmm.ask("GET", "/api/v1/vmm.ping", None).status, 200);
     vmm.shutdown();
+}
+
+/// The Linux guest's loop: a tick about every 500 ms with the guest's
+/// uptime, shell builtins only (every fork costs seconds here); `read -t`
+/// on the console (which gets no input) is the sleep.
+const LINUX_TICKS: &str = r#"#!/bin/sh
+dd if=/dev/vda of=/dev/null bs=64k count=16 2>/dev/null
+read -r clocksource </sys/devices/system/clocksource/clocksource0/current_clocksource
+echo "clocksource $clocksource"
+i=0
+while :; do
+	i=$((i+1))
+	read -r up _ </proc/uptime
+	echo "linux-tick $i $up"
+	read -t 0.5 _ </dev/console
+done
+"#;
+
+/// `(tick, uptime)` of the Linux guest's complete tick lines.
+fn linux_ticks(console: &str) -> Vec<(u64, f64)> {
+    console
+        .lines()
+        .filter_map(|line| line.trim_end_matches('\r').strip_prefix("linux-tick "))
+        .filter_map(|rest| {
+            let (tick, up) = rest.split_once(' ')?;
+            Some((tick.parse().ok()?, up.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn linux_with_a_disk_pauses_its_devices_and_counts_them() {
+    require_kvm!();
+    let guest = linux_guest();
+    let root = root_disk_copy("api-root.img");
+    put_file(&root, "/test.sh", LINUX_TICKS.as_bytes(), 0o755);
+    let kernel = guest.file("vmlinux");
+    // kvmclock as the clocksource: the clock KVM_SET_CLOCK holds still over
+    // a pause (with its default, the TSC, the guest's time goes on: the TSC
+    // counts while paused).
+    let cmdline = format!("{} root=/dev/vda rw clocksource=kvm-clock", guest.cmdline);
+    let disk = format!("path={}", root.display());
+    let vmm = Vmm::spawn(
+        "linux",
+        &["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk],
+    );
+    let started = Instant::now();
+    while linux_ticks(&vmm.console()).len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no ticks from Linux: {}",
+            vmm.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    assert!(vmm.console().contains("clocksource kvm-clock\r\n"), "{}", vmm.console());
+    let info = vmm.ask("GET", "/api/v1/vm.info", None).json();
+    assert_eq!(info["config"]["disks"][0]["path"], root.to_str().unwrap());
+    let cmdline_seen = info["config"]["payload"]["cmdline"].as_str().unwrap();
+    assert!(cmdline_seen.contains("virtio_mmio.device=4K@0xd0000000:5"), "{cmdline_seen}");
+    let counters = vmm.ask("GET", "/api/v1/vm.counters", None).json();
+    let disk0 = &counters["devices"]["disk0"];
+    // The root file system's reads and the script's 1 MiB from /dev/vda.
+    assert!(disk0["read_bytes"].as_u64().unwrap() >= 1 << 20, "{counters}");
+    assert!(disk0["requests"].as_u64().unwrap() > 0, "{counters}");
+    assert_eq!(disk0["errors"], 0, "{counters}");
+
+    assert_eq!(vmm.ask("PUT", "/api/v1/vm.pause", None).status, 204);
+    std::thread::sleep(Duration::from_millis(300));
+    let at_pause = vmm.console();
+    let disk_at_pause = vmm.ask("GET", "/api/v1/vm.counters", None).json()["devices"].clone();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(vmm.console(), at_pause, "Linux printed while paused");
+    let disk_later = vmm.ask("GET", "/api/v1/vm.counters", None).json()["devices"].clone();
+    assert_eq!(disk_later, disk_at_pause, "a device served while paused");
+    assert_eq!(vmm.ask("PUT", "/api/v1/vm.resume", None).status, 204);
+
+    let before = linux_ticks(&at_pause);
+    let started = Instant::now();
+    let ticks = loop {
+        let ticks = linux_ticks(&vmm.console());
+        if ticks.len() >= before.len() + 3 {
+            break ticks;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "Linux did not go on");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let numbers: Vec<u64> = ticks.iter().map(|(tick, _)| *tick).collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    // The guest's uptime across the pause: what a tick interval takes,
+    // not the 3 s of the pause on top (its clock was held still).
+    let (last_before, first_after) = (before[before.len() - 1].1, ticks[before.len()].1);
+    let gaps: Vec<f64> = ticks.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    eprintln!(
+        "uptime gaps between ticks: {gaps:?}; across the pause {:.2} s",
+        first_after - last_before
+    );
+    assert!(first_after - last_before < 2.5, "the guest's clock jumped: {gaps:?}");
+    vmm.shutdown();
+    std::fs::remove_file(&root).unwrap();
 }
