@@ -277,6 +277,31 @@ fn a_paused_guest_prints_nothing_and_resumes_with_the_next_tick() {
 }
 
 #[test]
+fn every_vcpu_parks_even_one_waiting_for_its_startup_ipi() {
+    require_kvm!();
+    // vCPU 1 never gets INIT/SIPI: it waits inside KVM_RUN, and the kick
+    // must still bring it out to park.
+    let vmm = Vmm::start("two-vcpus", &["--cpus", "2", "--irqchip"]);
+    assert_eq!(vmm.ask("PUT", "/api/v1/vm.pause", None).status, 204);
+    std::thread::sleep(Duration::from_millis(300));
+    let at_pause = vmm.console();
+    let counters = vmm.ask("GET", "/api/v1/vm.counters", None).json();
+    let vcpus = counters["vcpus"].as_array().unwrap();
+    assert_eq!(vcpus.len(), 2, "{counters}");
+    for vcpu in vcpus {
+        // Each left KVM_RUN through the kick.
+        assert!(vcpu["exits"]["interrupted"].as_u64().unwrap() >= 1, "{counters}");
+    }
+    assert_eq!(vcpus[1]["exits"]["io_out"], 0, "{counters}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(vmm.console(), at_pause, "the guest printed while paused");
+    assert_eq!(vmm.ask("PUT", "/api/v1/vm.resume", None).status, 204);
+    let ticks = vmm.wait_for_ticks(vmm.ticks().len() + 2, Duration::from_secs(30));
+    assert_consecutive(&ticks);
+    vmm.shutdown();
+}
+
+#[test]
 fn shutdown_while_paused_exits_with_status_0() {
     require_kvm!();
     let vmm = Vmm::start("shutdown-paused", &[]);
