@@ -230,6 +230,14 @@ class Virtio:
     parameter) and its fields."""
 
     BLOCK, BLOCK_RO, RNG, NET = 0, 1, 2, 3
+    VSOCK = 2 | 0x40  # device 2 with bit 6 set
+    # virtio-vsock operations (op 7's `sel` byte, bits 2-4) and ports.
+    REQUEST, RESPONSE, RST, SHUTDOWN, RW, CREDIT_UPDATE, CREDIT_REQUEST = range(7)
+    GUEST_PORTS = [1000, 1001, 1002, 52]
+    HOST_PORTS = [1024, 1025, 5000, 1026, 1 << 30, (1 << 30) + 1, (1 << 30) + 2, 2]
+    PAYLOADS = [0, 1, 7, 64, 500, 4096, 16384, 32768]
+    BUF_ALLOCS = [256 * 1024, 0, 1, 100, 4096, 65536, 0xFFFFFFFF]
+    RX_DATA = [1, 16, 64, 256, 1024, 4096, 0, 16384]
     IN, OUT, FLUSH, GET_ID = 0x00, 0x40, 0x80, 0xA0  # the kind bytes of op 7
 
     def __init__(self, device, eventfds=False, contiguous=False, rng_mode=0):
@@ -334,6 +342,83 @@ class Virtio:
     def reset(self):
         return self.op(13, 0)
 
+    # ---- virtio-vsock (fuzz_targets/virtio.rs `vsock_packet`, `vsock_buffers`, `vsock_host`) ----
+
+    def vsock_rx(self, count, data=4096, at=None, split=False, event=False, notify=True):
+        """`count` (a power of two up to 128) receive buffers of a header and
+        `data` bytes (or event-queue buffers), one after another from `at`."""
+        b = self.RX_DATA.index(data) | split << 3 | event << 4 | notify << 5
+        return self.op(7, 8 | count.bit_length() - 1, bytes([b]) + (at or self.addr(0x4000)))
+
+    def vsock_tx(self, op, ports=None, payload=0, flags=0, buf_alloc=256 * 1024, fwd=0,
+                 header=None, data=None, notify=True, indirect=None, cids=None, raw_type=None,
+                 raw_len=None, raw_op=None):
+        """A packet from the guest: `ports` (guest, host) from the port
+        tables, or None for the ports of the last packet received; `fwd` 0
+        says everything received was consumed; `data` puts the payload in a
+        second descriptor."""
+        sel = (7 if raw_op is not None else op) << 2 | (3 if cids else 0)
+        fields = b""
+        if cids:
+            fields += struct.pack("<QQ", *cids)
+        if raw_op is not None:
+            fields += struct.pack("<H", raw_op)
+        if ports is not None:
+            sel |= 1 << 5
+            fields += bytes([self.GUEST_PORTS.index(ports[0]) | self.HOST_PORTS.index(ports[1]) << 2])
+        if raw_type is not None:
+            sel |= 0x80
+            fields += struct.pack("<H", raw_type)
+        fields = bytes([sel]) + fields
+        fields += bytes([self.PAYLOADS.index(payload) | (8 if raw_len is not None else 0)])
+        if raw_len is not None:
+            fields += struct.pack("<I", raw_len)
+        fields += bytes([flags])
+        fields += bytes([self.BUF_ALLOCS.index(buf_alloc) | fwd << 3])
+        fields += header or self.addr(0x6000)
+        param = notify << 1
+        if data is not None:
+            fields += data
+            param |= 1
+        if indirect is not None:
+            fields += self.addr(indirect)
+            param |= 4
+        return self.op(7, param, fields)
+
+    def host_connect(self):
+        """A host program connects to the device's socket."""
+        return self.op(12, 8)
+
+    def host_hello(self, stream, port_index=0):
+        """`CONNECT <GUEST_PORTS[port_index]>\n`."""
+        return self.op(12, 9, bytes([stream, port_index]))
+
+    def host_line(self, stream, line):
+        """Raw bytes as the CONNECT line (at most 63)."""
+        return self.op(12, 9, bytes([stream, 0x80 | len(line)]) + line)
+
+    def host_overlong(self, stream, zeros):
+        return self.op(12, 9, bytes([stream, 0xC0 | zeros]))
+
+    def host_write(self, stream, index):
+        """[1, 10, 100, 1000, 4096, 16384, 65536][index] bytes of the stream's data."""
+        return self.op(12, 10, bytes([stream, index]))
+
+    def host_read(self, stream, index):
+        """Up to [1, 16, 100, 4096, 65536, 200000, 14, 3][index] bytes."""
+        return self.op(12, 11, bytes([stream, index]))
+
+    def host_shutdown(self, stream, how):
+        """0: write, 1: read, 2: both."""
+        return self.op(12, 12, bytes([stream, how]))
+
+    def host_close(self, stream):
+        return self.op(12, 13, bytes([stream, 0]))
+
+    def pump(self):
+        """The event loop serves the device four times over."""
+        return self.op(12, 15)
+
 
 def virtio_seeds():
     v = Virtio
@@ -403,6 +488,7 @@ def virtio_seeds():
     # Entropy: chains of writable buffers, direct and indirect, a
     # device-readable one (never written), from each kind of source.
     net_seeds()
+    vsock_seeds()
     for mode, name in [(0, "rng"), (1, "rng-short-reads"), (2, "rng-eintr"), (3, "rng-runs-dry")]:
         s = ids(v(v.RNG, eventfds=mode == 1, rng_mode=mode)).setup(16)
         s.chain([(v.addr(0x4000), 60), (v.addr(0x0100, 1), 4096)], 0b11)
@@ -411,6 +497,79 @@ def virtio_seeds():
         s.chain([(v.addr(0x6000), 60), (v.addr(0x6100), 3 * 512)], 0b11, indirect=0x7000)
         s.queue_notify().serve().op(14, 0)
         write("virtio", name, s.data)
+
+
+def vsock_seeds():
+    v = Virtio
+    r1 = lambda offset: v.addr(offset, 1)
+
+    # A host program connects (CONNECT 1000), the guest accepts, the host
+    # reads its OK line; data both ways; the guest shuts down, the host
+    # closes.
+    s = v(v.VSOCK).setup(64).read(0x008).read(0x100, 8)
+    s.vsock_rx(16, 1024)
+    s.host_connect().host_hello(0).pump()
+    s.vsock_tx(v.RESPONSE).pump().host_read(0, 2)
+    s.host_write(0, 3).pump()
+    s.vsock_tx(v.RW, payload=500).host_read(0, 3).host_write(0, 4).pump()
+    s.vsock_tx(v.CREDIT_UPDATE).vsock_tx(v.SHUTDOWN, flags=3).pump().host_close(0).pump()
+    write("virtio", "vsock-host-connects", s.data)
+
+    # The guest connects to PATH_1024, the listener's peer writes, the
+    # guest sends data (header and payload in two descriptors) and closes
+    # with a RST; receive buffers split (header, data).
+    s = v(v.VSOCK).setup(64)
+    s.vsock_rx(16, 4096, split=True)
+    s.vsock_tx(v.REQUEST, ports=(1001, 1024)).pump()
+    s.host_write(0, 4).pump().host_write(0, 2).pump()
+    s.vsock_tx(v.RW, payload=4096, data=r1(0x1000)).host_read(0, 4)
+    s.vsock_tx(v.CREDIT_REQUEST).pump().vsock_tx(v.RST).pump()
+    write("virtio", "vsock-guest-connects", s.data)
+
+    # RSTs: no listener at 1026, data and a shutdown for connections that
+    # do not exist, a bad CID, a datagram, an unknown operation, a length
+    # on a REQUEST; host programs with a bad line, an overlong one, none.
+    s = v(v.VSOCK).setup(64)
+    s.vsock_rx(32, 64)
+    s.vsock_tx(v.REQUEST, ports=(1000, 1026)).vsock_tx(v.RW, ports=(1002, 5000), payload=7)
+    s.vsock_tx(v.SHUTDOWN, ports=(52, 1 << 30), flags=1)
+    s.vsock_tx(v.REQUEST, ports=(1000, 1024), cids=(4, 2))
+    s.vsock_tx(v.REQUEST, ports=(1000, 1025), raw_type=3)
+    s.vsock_tx(v.REQUEST, ports=(1000, 5000), raw_op=0x99)
+    s.vsock_tx(v.REQUEST, ports=(1001, 5000), raw_len=5, payload=7)
+    s.pump()
+    s.host_connect().host_line(0, b"OPEN 52\n").host_connect().host_overlong(1, 40)
+    s.host_connect().host_close(2).host_connect().host_line(3, b"connect 1002")
+    s.pump().host_read(0, 3).host_read(1, 3)
+    write("virtio", "vsock-rst", s.data)
+
+    # Credit both ways: a guest with 100 bytes of room gets at most 100
+    # (then a CREDIT_REQUEST) until it gives more; a guest that sends past
+    # the device's 128 KiB once the host stream is full (the host reads
+    # nothing) is reset.
+    s = v(v.VSOCK).setup(64)
+    s.vsock_rx(32, 4096)
+    s.vsock_tx(v.REQUEST, ports=(1000, 1025), buf_alloc=100).pump()
+    s.host_write(0, 4).pump().pump()
+    s.vsock_tx(v.CREDIT_UPDATE, buf_alloc=4096).pump()
+    s.vsock_tx(v.CREDIT_UPDATE, buf_alloc=4096).pump()
+    for _ in range(16):
+        s.vsock_tx(v.RW, payload=32768, header=v.addr(0x6000), data=r1(0))
+    s.pump().vsock_rx(8, 64).pump()
+    write("virtio", "vsock-credit", s.data)
+
+    # Through eventfds, without EVENT_IDX: event-queue buffers (held),
+    # receive buffers one header-only (malformed), packets through an
+    # indirect table, a host program that connects before DRIVER_OK.
+    s = v(v.VSOCK, eventfds=True, contiguous=True)
+    s.host_connect().host_hello(0, 3).pump()
+    s.setup(32, event_idx=False)
+    s.vsock_rx(4, 1, event=True).vsock_rx(1, 0).vsock_rx(8, 256, at=v.addr(0x5000))
+    s.serve().pump()
+    s.vsock_tx(v.RESPONSE, indirect=0x7000).serve().pump().host_read(0, 6).host_read(0, 2)
+    s.host_write(0, 5).pump().host_shutdown(0, 0).pump()
+    s.vsock_tx(v.RST).serve().pump()
+    write("virtio", "vsock-eventfds-indirect", s.data)
 
 
 def net_seeds():

@@ -1,11 +1,15 @@
 //! The virtio-mmio transport and every virtio device behind it (virtio-blk,
-//! read-write and read-only, virtio-rng and virtio-net), driven by a fuzzed
-//! guest and, for virtio-net, a fuzzed network.
+//! read-write and read-only, virtio-rng, virtio-net and virtio-vsock),
+//! driven by a fuzzed guest and, for virtio-net, a fuzzed network, for
+//! virtio-vsock, a fuzzed host side.
 //!
-//! The first input byte picks the device, whether queue notifications go
-//! through eventfds (as in the VMM) or are served on the register write,
-//! the guest memory layout (two 32 KiB regions of RAM with a gap between
-//! them, or back to back) and how the entropy source reads. The rest is a
+//! The first input byte picks the device (bits 0-1: 0 read-write disk, 1
+//! read-only disk, 2 rng, or vsock when bit 6 is set too, 3 net;
+//! `VMM_FUZZ_DEVICE=block|block-ro|rng|net|vsock` forces one), whether
+//! queue notifications go through eventfds (bit 2; as in the VMM) or are
+//! served on the register write, the guest memory layout (bit 3: two 32
+//! KiB regions of RAM with a gap between them, or back to back) and how
+//! the entropy source reads (bits 4-5). The rest is a
 //! sequence of at most `MAX_OPS` operations: MMIO reads and writes at any
 //! offset of the 4 KiB window and any width (1, 2, 4, 8), feature
 //! negotiation, queue setup with arbitrary sizes and ring addresses, raw
@@ -21,6 +25,22 @@
 //! than `RX_BUDGET`) and host events (`QueueNotify::host_event`, and the
 //! readable host descriptors served as the event loop serves them). Driver
 //! operations work on the queue QueueSel selects.
+//!
+//! For virtio-vsock (guest CID 3, its socket at a fresh `PATH` in a
+//! directory made once per process, listeners at `PATH_<port>` for the
+//! ports of `LISTEN_PORTS` and none for the others) the block-request
+//! operation becomes a vsock one: a packet on the transmit queue (any CIDs,
+//! ports from tables, those of the last packet received or any, any
+//! operation (REQUEST to CREDIT_REQUEST or unknown), type, length, flags,
+//! buf_alloc and fwd_cnt, the payload after the header or in a second
+//! descriptor, direct or indirect), or batches of receive buffers (header
+//! and data in one descriptor or two) or event-queue buffers; and the
+//! host side acts: host programs connect to `PATH` and send `CONNECT
+//! <port>\n` (good, in other forms, raw bytes, overlong), any stream (a
+//! host program's or a peer the listeners accepted) gets data or raw bytes,
+//! is read, shut down or closed, and the event loop serves the device.
+//! The device's timeouts (seconds) never expire within an input: no input
+//! waits.
 //!
 //! The block devices work on a 64 KiB image (plus a 300-byte partial
 //! sector, which is not part of the disk) in a temporary file made once
@@ -63,6 +83,28 @@
 //! - the image file never changes size and its partial last sector never
 //!   changes; the read-only disk's file never changes at all, and it counts
 //!   no written bytes;
+//! - virtio-vsock, for every packet the device puts in the receive queue
+//!   (when the target can read it back: buffers that overlap each other
+//!   or a ring are not): a used length of the 44-byte header plus the
+//!   header's length, which fits the buffer; CIDs 2 to 3, the stream type,
+//!   a known operation, a length only for data, and never empty data; a
+//!   REQUEST only for a guest port some host program sent `CONNECT` for; a
+//!   RESPONSE only from a listened port; data, SHUTDOWN and credit
+//!   packets only on connections that opened (the device's REQUEST or
+//!   RESPONSE) and were not reset since (RST either way); data never past
+//!   the credit the guest last gave the connection (buf_alloc - (bytes
+//!   sent - fwd_cnt), from the transmit packets the target parsed), and
+//!   always the next bytes of a host stream the connection can be (what the
+//!   host wrote on it, after the `CONNECT` line for a host program, in
+//!   order and unmodified); the device counts exactly the receive packets
+//!   and bytes and the well-formed transmit chains the guest saw used;
+//!   transmit chains are used with length 0; a host program reads `OK
+//!   <port>\n` first, naming a connection the guest was asked for; never
+//!   more connections than `MAX_CONNECTIONS` nor more guest bytes held
+//!   than `CONN_BUF_SIZE` each; the socket file is gone once the device is
+//!   dropped;
+//! - no input leaves a descriptor open (the process's count of open
+//!   descriptors is the same after each input as before);
 //! - virtio-net: every frame that reaches the network has a header and at
 //!   most `MAX_FRAME_LEN` bytes and asks only for offloads the guest
 //!   negotiated (checksum, TSO4/TSO6, ECN); the device counts exactly the
@@ -72,10 +114,14 @@
 //!   combinations the kernel takes (TSO needs checksum, ECN needs TSO).
 #![no_main]
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -84,6 +130,7 @@ use vm_device::bus::MmioAddress;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_fuzz::Input;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::tempdir::TempDir;
 use vmm_sys_util::tempfile::TempFile;
 use vmm_virtio::block::{Block, SECTOR_SIZE, SEG_MAX};
 use vmm_virtio::mmio::{CONFIG_SPACE, MAGIC, QUEUE_NOTIFY, VENDOR_ID, VERSION};
@@ -91,6 +138,10 @@ use vmm_virtio::net::{MAX_FRAME_LEN, Net, tap_offloads};
 use vmm_virtio::tap::{SocketTap, TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN};
 use vmm_virtio::rng::{MAX_BYTES_PER_REQUEST, Rng};
 use vmm_virtio::testing::{CountingInterrupt, TestQueue};
+use vmm_virtio::vsock::{
+    CONN_BUF_SIZE, EVENT_QUEUE, MAX_CONNECTIONS, MAX_PKT_DATA, RX_QUEUE, TX_QUEUE, Vsock,
+    VsockCounters,
+};
 use vmm_virtio::{MMIO_WINDOW_SIZE, Memory, MmioTransport, QueueNotify, VirtioDevice};
 
 /// Each RAM region's size.
@@ -226,10 +277,33 @@ struct Expect {
 /// What only some devices can be checked for, after every operation.
 trait DeviceChecks: VirtioDevice {
     fn check(&self, _status: u32, _acked: u64) {}
+
+    /// virtio-vsock's counters.
+    fn vsock_counters(&self) -> Option<VsockCounters> {
+        None
+    }
 }
 
 impl DeviceChecks for Block {}
 impl DeviceChecks for Rng<Source> {}
+
+impl DeviceChecks for Vsock {
+    /// Never more connections than the device takes, nor more guest bytes
+    /// held for host readers than the credit it gave them.
+    fn check(&self, _status: u32, _acked: u64) {
+        let connections = self.connections();
+        assert!(connections <= MAX_CONNECTIONS, "{connections} connections");
+        assert!(
+            self.pending_bytes() <= connections * CONN_BUF_SIZE as usize,
+            "{} bytes held for {connections} connections",
+            self.pending_bytes()
+        );
+    }
+
+    fn vsock_counters(&self) -> Option<VsockCounters> {
+        Some(self.counters())
+    }
+}
 
 impl DeviceChecks for Net<SocketTap> {
     /// The tap gets exactly the offloads the guest accepted while it is
@@ -345,6 +419,8 @@ struct Rig<D: DeviceChecks> {
     frames_sent: u64,
     frames_received: u64,
     frame: Vec<u8>,
+    /// virtio-vsock: the host side and the guest's view of connections.
+    vsock: Option<VsockSide>,
 }
 
 impl<D: DeviceChecks> Rig<D> {
@@ -400,6 +476,7 @@ impl<D: DeviceChecks> Rig<D> {
             frames_sent: 0,
             frames_received: 0,
             frame: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -599,6 +676,9 @@ impl<D: DeviceChecks> Rig<D> {
                     for held in &mut self.held {
                         held.clear();
                     }
+                    if let Some(side) = &mut self.vsock {
+                        side.reset();
+                    }
                     for index in 0..self.queues.len() {
                         self.write_reg(0x30, index as u32);
                         assert_eq!(self.read_raw(0x44), 0, "queue {index} ready after a reset");
@@ -683,11 +763,13 @@ impl<D: DeviceChecks> Rig<D> {
         if isr & !isr_before != 0 {
             assert!(self.irq.count() > irqs_before, "interrupt status {isr:#x} raised no interrupt");
         }
+        self.vsock_before_check();
         if self.t.status() & DRIVER_OK != 0 {
             self.check_memory();
         }
         self.t.device().check(self.t.status(), self.t.acked_features());
         self.receive_frames();
+        self.vsock_after_op();
     }
 
     /// virtio-net: takes what the device sent to the network; each frame
@@ -879,6 +961,7 @@ impl<D: DeviceChecks> Rig<D> {
             })
             .collect();
         let any_aliased = checks.iter().any(|c| c.2);
+        let batch = checks.clone();
         const BLOCK: usize = 64;
         for r in 0..2 {
             if self.scratch[r] == self.shadow[r] {
@@ -955,6 +1038,7 @@ impl<D: DeviceChecks> Rig<D> {
             }
             self.queues[index].dev_used = Some(new_used);
         }
+        self.vsock_observe(&batch);
         std::mem::swap(&mut self.shadow, &mut self.scratch);
     }
 
@@ -1185,6 +1269,8 @@ impl<D: DeviceChecks> Rig<D> {
                 let indirect = (p & 8 != 0).then(|| self.pick_ring(input));
                 self.add_chain(&buffers, indirect);
             }
+            7 if self.vsock.is_some() && p & 8 != 0 => self.vsock_buffers(p, input),
+            7 if self.vsock.is_some() => self.vsock_packet(p, input),
             7 => {
                 let kind = match input.u8() {
                     0..=0x3f => BLK_T_IN,
@@ -1240,6 +1326,7 @@ impl<D: DeviceChecks> Rig<D> {
                 self.write_reg(QUEUE_NOTIFY, value);
             }
             12 => match p {
+                _ if p & 8 != 0 && self.vsock.is_some() => self.vsock_host(p, input),
                 _ if p & 8 != 0 => self.send_frames(input, [1, 2, 3, 4, 8, 16, 64, 65][usize::from(p & 7)]),
                 _ if p & 1 != 0 => self.host_event(usize::from(p >> 1 & 3)),
                 _ => self.serve_notifiers(),
@@ -1267,6 +1354,439 @@ impl<D: DeviceChecks> Rig<D> {
                 }
                 self.write_reg(0x30, 0);
                 self.driver_ok();
+            }
+        }
+    }
+
+    // ---- virtio-vsock ----
+
+    /// The descriptors (address, length, flags) a chain yields, at most
+    /// `want`, walked the way virtio-queue walks it (an indirect table
+    /// anywhere in the chain but not in another, a time to live of the
+    /// table's size, lengths whose sum fits in 32 bits).
+    fn walk_chain(&self, snap: &[Vec<u8>; 2], q: &QueueModel, head: u16, want: usize) -> Vec<(u64, u32, u16)> {
+        let (mut table, mut size, mut next, mut ttl) = (q.desc, q.size, head, q.size);
+        let (mut indirect, mut yielded) = (false, 0u32);
+        let mut descs = Vec::new();
+        while descs.len() < want && ttl > 0 && next < size {
+            let Some(at) = table.checked_add(16 * u64::from(next)) else { break };
+            let Some((addr, len, flags, following)) = self.snap_desc(snap, at) else { break };
+            if flags & DESC_INDIRECT != 0 {
+                if indirect || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
+                    break;
+                }
+                (table, size, next, ttl, indirect) = (addr, (len / 16) as u16, 0, (len / 16) as u16, true);
+                continue;
+            }
+            let Some(total) = yielded.checked_add(len) else { break };
+            yielded = total;
+            if flags & DESC_NEXT != 0 {
+                next = following;
+                ttl -= 1;
+            } else {
+                ttl = 0;
+            }
+            descs.push((addr, len, flags));
+        }
+        descs
+    }
+
+    /// Whether `len` bytes at `addr` lie in one RAM region (what a packet's
+    /// header or data must do).
+    fn single_region(&self, addr: u64, len: u64) -> bool {
+        self.locate(addr).is_some_and(|(_, at)| (at as u64).checked_add(len).is_some_and(|end| end <= REGION))
+    }
+
+    /// Where a receive chain takes a packet, as virtio-vsock reads it: the
+    /// header's buffer (the first descriptor's first 44 bytes) and the
+    /// data's (the rest of a lone descriptor, or the second descriptor).
+    fn rx_slices(&self, q: &QueueModel, head: u16) -> Option<((u64, u64), (u64, u64))> {
+        let descs = self.walk_chain(&self.shadow, q, head, 2);
+        let &(addr, len, flags) = descs.first()?;
+        let header = VSOCK_HDR as u64;
+        if flags & DESC_WRITE == 0 || u64::from(len) < header || !self.single_region(addr, header) {
+            return None;
+        }
+        if flags & DESC_NEXT == 0 && u64::from(len) > header {
+            let data = addr.checked_add(header)?;
+            let data_len = u64::from(len) - header;
+            return self.single_region(data, data_len).then_some(((addr, header), (data, data_len)));
+        }
+        let &(data, data_len, data_flags) = descs.get(1)?;
+        let ok = data_flags & DESC_WRITE != 0
+            && data_len > 0
+            && data_len <= MAX_PKT_DATA
+            && self.single_region(data, data_len.into());
+        ok.then_some(((addr, header), (data, data_len.into())))
+    }
+
+    /// The packet a transmit chain holds, as virtio-vsock reads it, and the
+    /// buffers it reads (header, data); None for a malformed chain.
+    fn tx_packet(&self, q: &QueueModel, head: u16) -> Option<(VsockHdr, Vec<(u64, u64)>)> {
+        let descs = self.walk_chain(&self.shadow, q, head, 2);
+        let &(addr, len, flags) = descs.first()?;
+        let header = VSOCK_HDR as u64;
+        if flags & DESC_WRITE != 0 || u64::from(len) < header || !self.single_region(addr, header) {
+            return None;
+        }
+        let mut raw = [0u8; VSOCK_HDR];
+        if !self.snap_read(&self.shadow, addr, &mut raw) {
+            return None;
+        }
+        let hdr = VsockHdr::decode(&raw);
+        let mut read = vec![(addr, header)];
+        if hdr.len == 0 {
+            return Some((hdr, read));
+        }
+        if hdr.len > MAX_PKT_DATA {
+            return None;
+        }
+        let data = if flags & DESC_NEXT == 0 && u64::from(len) - header >= u64::from(hdr.len) {
+            addr.checked_add(header)?
+        } else {
+            let &(data, data_len, data_flags) = descs.get(1)?;
+            if data_flags & DESC_WRITE != 0 || data_len < hdr.len {
+                return None;
+            }
+            data
+        };
+        if !self.single_region(data, hdr.len.into()) {
+            return None;
+        }
+        read.push((data, hdr.len.into()));
+        Some((hdr, read))
+    }
+
+    /// virtio-vsock: the packets the last device operation put in the
+    /// receive queue and took from the transmit queue (`shadow` holds guest
+    /// memory from before it, `scratch` from after).
+    fn vsock_observe(&mut self, checks: &[(usize, QueueModel, bool)]) {
+        let Some(mut side) = self.vsock.take() else { return };
+        let used_rings: Vec<(u64, u64)> = checks.iter().map(|(_, q, _)| (q.used, q.used_len())).collect();
+        for &(index, q, aliased) in checks {
+            if index != RX_QUEUE && index != TX_QUEUE {
+                continue;
+            }
+            let (Some(old), Some(new)) =
+                (self.snap_u16(&self.shadow, q.used + 2), self.snap_u16(&self.scratch, q.used + 2))
+            else {
+                continue;
+            };
+            if old == new && !aliased {
+                continue;
+            }
+            // A used ring another queue shares: whose entries are they?
+            let shared = used_rings.iter().filter(|&&u| overlaps(u, (q.used, q.used_len()))).count() > 1;
+            // More entries than the ring holds: the first were overwritten.
+            let wrapped = new.wrapping_sub(old) > q.size;
+            if aliased || shared || wrapped || q.dev_used != Some(old) {
+                // What the device added is not known.
+                if index == RX_QUEUE {
+                    side.rx_batch = None;
+                    side.rx_lost();
+                } else {
+                    side.tx_batch = None;
+                    side.tx_lost();
+                }
+                continue;
+            }
+            let entries: Vec<(u16, u32)> = (0..new.wrapping_sub(old))
+                .map(|k| {
+                    let at = q.used + 4 + 8 * u64::from(old.wrapping_add(k) % q.size);
+                    let id = self.snap_u32(&self.scratch, at).unwrap_or_default();
+                    (id as u16, self.snap_u32(&self.scratch, at + 4).unwrap_or_default())
+                })
+                .collect();
+            if index == TX_QUEUE {
+                let mut packets = 0;
+                for &(head, len) in &entries {
+                    assert_eq!(len, 0, "transmit chain {head} used with a length");
+                    let Some((hdr, read)) = self.tx_packet(&q, head) else { continue };
+                    packets += 1;
+                    if read.iter().any(|&r| used_rings.iter().any(|&u| overlaps(r, u))) {
+                        // The device may have read it after writing a used
+                        // ring over it.
+                        side.tx_batch = None;
+                        side.tx_lost();
+                    } else {
+                        side.parsed.1 += 1;
+                        side.sent(&hdr);
+                    }
+                }
+                if side.tx_batch.is_some() {
+                    side.tx_batch = Some(packets);
+                }
+                continue;
+            }
+            let slices: Vec<Option<((u64, u64), (u64, u64))>> =
+                entries.iter().map(|&(head, len)| if len == 0 { None } else { self.rx_slices(&q, head) }).collect();
+            // Packets whose buffers overlap each other or a used ring cannot
+            // be read back: a later write may have changed them.
+            let mut ranges: Vec<(u64, u64)> =
+                slices.iter().flatten().flat_map(|&(h, d)| [h, d]).chain(used_rings.iter().copied()).collect();
+            ranges.sort_unstable();
+            let mut end = 0u128;
+            let mut overlap = false;
+            for &(start, len) in &ranges {
+                overlap |= u128::from(start) < end;
+                end = end.max(u128::from(start) + u128::from(len));
+            }
+            let mut count = 0;
+            let mut bytes = Some(0);
+            for (&(head, used_len), slices) in entries.iter().zip(&slices) {
+                if used_len == 0 {
+                    continue;
+                }
+                count += 1;
+                let packet = match slices {
+                    Some((h, d)) if !overlap => {
+                        let mut raw = [0u8; VSOCK_HDR];
+                        self.snap_read(&self.scratch, h.0, &mut raw);
+                        let hdr = VsockHdr::decode(&raw);
+                        let mut data = vec![0u8; (u64::from(hdr.len)).min(d.1) as usize];
+                        self.snap_read(&self.scratch, d.0, &mut data);
+                        RxPacket::Packet(hdr, data, d.1)
+                    }
+                    _ => RxPacket::Unknown,
+                };
+                match packet {
+                    RxPacket::Packet(hdr, data, room) => {
+                        if vmm_fuzz::verbose() {
+                            eprintln!("  vsock rx (chain {head}): {hdr:?}, {} bytes", data.len());
+                        }
+                        side.parsed.0 += 1;
+                        side.received(&hdr, &data, used_len, room);
+                        if hdr.op == VSOCK_OP_RW {
+                            bytes = bytes.map(|b| b + u64::from(hdr.len));
+                        }
+                    }
+                    RxPacket::Unknown => {
+                        if vmm_fuzz::verbose() {
+                            eprintln!("  vsock rx (chain {head}): {used_len} bytes, not parsed");
+                        }
+                        bytes = None;
+                        side.rx_lost();
+                    }
+                }
+            }
+            if side.rx_batch.is_some() {
+                side.rx_batch = Some((count, bytes));
+            }
+        }
+        self.vsock = Some(side);
+    }
+
+    /// virtio-vsock, before the memory check of a device operation: what it
+    /// added to the used rings is known (none, until the check finds some)
+    /// where the target knows the used index the device last wrote.
+    fn vsock_before_check(&mut self) {
+        // A used ring another queue shares may show no change for an
+        // entry the device added (the same bytes as the other queue's).
+        let shared = |q: &QueueModel| {
+            let used = (q.used, q.used_len());
+            self.queues.iter().filter(|o| o.ready && overlaps((o.used, o.used_len()), used)).count() > 1
+        };
+        let known =
+            |i: usize| self.queues.get(i).is_some_and(|q| !q.ready || q.dev_used.is_some() && !shared(q));
+        let (rx_known, tx_known) = (known(RX_QUEUE), known(TX_QUEUE));
+        let Some(side) = &mut self.vsock else { return };
+        side.rx_batch = rx_known.then_some((0, Some(0)));
+        side.tx_batch = tx_known.then_some(0);
+    }
+
+    /// virtio-vsock, after each device operation: the device counts exactly
+    /// the packets the guest saw come and go.
+    fn vsock_after_op(&mut self) {
+        let Some(counters) = self.t.device().vsock_counters() else { return };
+        let stopped = self.t.status() & NEEDS_RESET != 0;
+        let Some(side) = &mut self.vsock else { return };
+        let before = std::mem::replace(&mut side.counters, counters);
+        let (rx, tx) = (side.rx_batch, side.tx_batch);
+        if stopped {
+            return;
+        }
+        if let Some((packets, bytes)) = rx {
+            assert_eq!(counters.rx_packets - before.rx_packets, packets, "receive packets counted");
+            if let Some(bytes) = bytes {
+                assert_eq!(counters.rx_bytes - before.rx_bytes, bytes, "receive bytes counted");
+            }
+        }
+        if let Some(packets) = tx {
+            assert_eq!(
+                counters.tx_packets - before.tx_packets,
+                packets,
+                "transmit packets counted; queues {:?}",
+                self.queues
+            );
+        }
+    }
+
+    /// Runs `f` with QueueSel on `queue` (as a driver selects the queue it
+    /// sets buffers up in), then selects the queue selected before.
+    fn on_queue(&mut self, queue: usize, f: impl FnOnce(&mut Self)) {
+        let previous = self.queue_select;
+        self.write_reg(0x30, queue as u32);
+        f(self);
+        self.write_reg(0x30, previous);
+    }
+
+    /// A vsock packet on the transmit queue: any CIDs, ports (those of the
+    /// last packet received, from the tables, any), operation, type,
+    /// length, flags and credit; the payload after the header or in a
+    /// second descriptor, direct or through an indirect table.
+    fn vsock_packet(&mut self, p: u8, input: &mut Input) {
+        let Some(side) = &self.vsock else { return };
+        let sel = input.u8();
+        let (src_cid, dst_cid) = if sel & 3 == 3 { (input.u64(), input.u64()) } else { (GUEST_CID, VSOCK_HOST_CID) };
+        let op = match sel >> 2 & 7 {
+            7 => input.u16(),
+            n => u16::from(n) + 1,
+        };
+        let (src_port, dst_port) = match sel >> 5 & 3 {
+            0 => (side.last_ports.1, side.last_ports.0),
+            1 => {
+                let b = usize::from(input.u8());
+                (GUEST_PORTS[b & 3], HOST_PORTS[b >> 2 & 7])
+            }
+            2 => {
+                let b = usize::from(input.u8());
+                (input.u32(), HOST_PORTS[b & 7])
+            }
+            _ => (input.u32(), input.u32()),
+        };
+        let type_ = if sel & 0x80 != 0 { input.u16() } else { VSOCK_TYPE_STREAM };
+        let b = input.u8();
+        let payload = [0u32, 1, 7, 64, 500, 4096, 16384, 32768][usize::from(b & 7)];
+        let len = if b & 8 != 0 { input.u32() } else { payload };
+        let flags = match input.u8() {
+            0xff => input.u32(),
+            b => u32::from(b),
+        };
+        let b = input.u8();
+        let buf_alloc = match b & 7 {
+            0 => 256 * 1024,
+            1 => 0,
+            2 => 1,
+            3 => 100,
+            4 => 4096,
+            5 => 65536,
+            6 => u32::MAX,
+            _ => input.u32(),
+        };
+        // What a guest that consumed everything it received says.
+        let consumed = side.conns.get(&(dst_port, src_port)).map_or(0, |conn| conn.rx_cnt);
+        let fwd_cnt = match b >> 3 & 3 {
+            0 => consumed,
+            1 => 0,
+            2 => consumed.wrapping_sub(u32::from(input.u8())),
+            _ => input.u32(),
+        };
+        let hdr =
+            VsockHdr { src_cid, dst_cid, src_port, dst_port, len, type_, op, flags, buf_alloc, fwd_cnt };
+        let header = self.pick_addr(input);
+        let split = p & 1 != 0;
+        let data = if split { self.pick_addr(input) } else { header.wrapping_add(VSOCK_HDR as u64) };
+        let indirect = (p & 4 != 0).then(|| self.pick_ring(input));
+        if vmm_fuzz::verbose() {
+            eprintln!("  vsock tx at {header:#x}: {hdr:?}, {payload} payload bytes at {data:#x}");
+        }
+        self.poke(header, &hdr.encode());
+        let bytes: Vec<u8> = (0..payload as usize).map(guest_byte).collect();
+        self.poke(data, &bytes);
+        let chain = if split {
+            vec![(header, VSOCK_HDR as u32, false), (data, payload, false)]
+        } else {
+            vec![(header, VSOCK_HDR as u32 + payload, false)]
+        };
+        self.on_queue(TX_QUEUE, |rig| rig.add_chain(&chain, indirect));
+        if p & 2 != 0 {
+            self.notify(TX_QUEUE);
+        }
+    }
+
+    /// Receive buffers (a header and 0 to 16 KiB of data, in one
+    /// descriptor or two) or event-queue buffers, `count` of them one after
+    /// another, optionally notified.
+    fn vsock_buffers(&mut self, p: u8, input: &mut Input) {
+        let count = 1u64 << (p & 7);
+        let b = input.u8();
+        let data = [1u32, 16, 64, 256, 1024, 4096, 0, 16384][usize::from(b & 7)];
+        let (split, event, notify) = (b & 8 != 0, b & 16 != 0, b & 32 != 0);
+        let at = self.pick_addr(input);
+        let queue = if event { EVENT_QUEUE } else { RX_QUEUE };
+        let len = if event { 8 } else { VSOCK_HDR as u32 + data };
+        self.on_queue(queue, |rig| {
+            for i in 0..count {
+                let addr = at.wrapping_add(i * u64::from(len));
+                if split && !event {
+                    let data_at = addr.wrapping_add(VSOCK_HDR as u64);
+                    rig.add_chain(&[(addr, VSOCK_HDR as u32, true), (data_at, data, true)], None);
+                } else {
+                    rig.add_chain(&[(addr, len, true)], None);
+                }
+            }
+        });
+        if notify {
+            self.notify(queue);
+        }
+    }
+
+    /// The host side acts: a host program connects, sends a `CONNECT` line
+    /// (good, in another form, raw or overlong), data or raw bytes, reads,
+    /// shuts down or closes a stream (a host program's or an accepted
+    /// peer's); or the event loop serves the device a few times over.
+    fn vsock_host(&mut self, p: u8, input: &mut Input) {
+        if p & 7 == 7 {
+            for _ in 0..4 {
+                self.serve_notifiers();
+            }
+            return;
+        }
+        let Some(side) = &mut self.vsock else { return };
+        side.accept_all();
+        if p & 7 == 0 {
+            side.connect();
+            return;
+        }
+        let Some(h) = side.pick(input) else { return };
+        let b = input.u8();
+        match p & 7 {
+            1 => {
+                let line = match b >> 6 {
+                    0 => format!("CONNECT {}\n", GUEST_PORTS[usize::from(b & 3)]).into_bytes(),
+                    1 => {
+                        let port = input.u32();
+                        match b & 3 {
+                            0 => format!("connect {port}\r\n"),
+                            1 => format!("Connect  {port} \n"),
+                            2 => format!("CONNECT {port}"),
+                            _ => format!("CONNECT {port}\n"),
+                        }
+                        .into_bytes()
+                    }
+                    2 => input.bytes(usize::from(b & 0x3f)).to_vec(),
+                    _ => format!("CONNECT {}52\n", "0".repeat(usize::from(b & 0x3f))).into_bytes(),
+                };
+                side.write(h, &line);
+            }
+            2 => {
+                let len = match b & 7 {
+                    7 => usize::from(input.u16()),
+                    n => [1, 10, 100, 1000, 4096, 16384, 65536][usize::from(n)],
+                };
+                side.write_data(h, len);
+            }
+            3 => side.read(h, [1, 16, 100, 4096, 65536, 200_000, 14, 3][usize::from(b & 7)]),
+            4 => {
+                if let Some(stream) = &side.hosts[h].stream {
+                    let how = [Shutdown::Write, Shutdown::Read, Shutdown::Both][usize::from(b % 3)];
+                    let _ = stream.shutdown(how);
+                }
+            }
+            5 => side.hosts[h].stream = None,
+            _ => {
+                let bytes = input.bytes(usize::from(b % 65)).to_vec();
+                side.write(h, &bytes);
             }
         }
     }
@@ -1302,6 +1822,534 @@ impl<D: DeviceChecks> Rig<D> {
     }
 }
 
+// ---- virtio-vsock ----
+
+/// The guest's CID.
+const GUEST_CID: u64 = 3;
+const VSOCK_HOST_CID: u64 = 2;
+/// A vsock packet header's size.
+const VSOCK_HDR: usize = 44;
+const VSOCK_TYPE_STREAM: u16 = 1;
+const VSOCK_OP_REQUEST: u16 = 1;
+const VSOCK_OP_RESPONSE: u16 = 2;
+const VSOCK_OP_RST: u16 = 3;
+const VSOCK_OP_RW: u16 = 5;
+const VSOCK_OP_CREDIT_REQUEST: u16 = 7;
+/// Host ports with a listener at `PATH_<port>` during each input.
+const LISTEN_PORTS: [u32; 3] = [1024, 1025, 5000];
+/// Where the device's own ports (for host programs' connections) start:
+/// only for the fuzzer's port table (the checks do not rely on it).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Host ports a guest packet may name: listened ones, an unlistened one,
+/// the device's first local ports, the host CID's number.
+const HOST_PORTS: [u32; 8] =
+    [1024, 1025, 5000, 1026, FIRST_LOCAL_PORT, FIRST_LOCAL_PORT + 1, FIRST_LOCAL_PORT + 2, 2];
+/// Guest ports a host program or a guest packet may name.
+const GUEST_PORTS: [u32; 4] = [1000, 1001, 1002, 52];
+/// The longest `CONNECT` line the device reads, `\n` included.
+const MAX_HELLO_LEN: usize = 32;
+/// Host programs connected per input at most (fewer than the listener's
+/// backlog: a connect never waits).
+const MAX_HOST_PROGRAMS: usize = 24;
+/// Connections accepted on the listeners per input at most.
+const MAX_ACCEPTED: usize = 128;
+
+/// A vsock packet header (virtio 1.2, 5.10.6), little-endian.
+#[derive(Clone, Copy, Debug, Default)]
+struct VsockHdr {
+    src_cid: u64,
+    dst_cid: u64,
+    src_port: u32,
+    dst_port: u32,
+    len: u32,
+    type_: u16,
+    op: u16,
+    flags: u32,
+    buf_alloc: u32,
+    fwd_cnt: u32,
+}
+
+impl VsockHdr {
+    fn decode(b: &[u8; VSOCK_HDR]) -> VsockHdr {
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+        let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        VsockHdr {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+
+    fn encode(&self) -> [u8; VSOCK_HDR] {
+        let mut b = [0u8; VSOCK_HDR];
+        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
+        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..30].copy_from_slice(&self.type_.to_le_bytes());
+        b[30..32].copy_from_slice(&self.op.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
+        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+        b
+    }
+}
+
+/// The bytes host program or peer `id` writes at `offset` of its stream:
+/// different for every stream, so that data reaching the guest names the
+/// stream it came from.
+fn host_byte(id: u32, offset: usize) -> u8 {
+    let x = (offset as u32).wrapping_mul(0x9e37_79b9) ^ id.wrapping_mul(0x85eb_ca6b);
+    ((x ^ (x >> 15)).wrapping_mul(0x2c1b_3c6d) >> 24) as u8
+}
+
+/// The payload bytes of the guest's packets.
+fn guest_byte(offset: usize) -> u8 {
+    (offset as u8).wrapping_mul(31) ^ 0x5c
+}
+
+/// The port of a `CONNECT <port>\n` line, as the hybrid vsock protocol
+/// (Firecracker's) reads it: the word in any case, one port.
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_ascii_whitespace();
+    let keyword = words.next()?;
+    let port = words.next()?.parse().ok()?;
+    (keyword.eq_ignore_ascii_case("connect") && words.next().is_none()).then_some(port)
+}
+
+/// A Unix stream of the host side: a host program connected to the
+/// device's socket, or a peer the target's listener accepted.
+struct HostStream {
+    /// None once the target closed it.
+    stream: Option<UnixStream>,
+    id: u32,
+    /// The listener's port for a peer; None for a host program.
+    peer_of: Option<u32>,
+    /// Every byte the kernel took, in order.
+    written: Vec<u8>,
+    /// Every byte read from it.
+    read: Vec<u8>,
+    /// A host program read its whole `OK <port>\n` line.
+    ok_line: bool,
+}
+
+impl HostStream {
+    /// A host program's `CONNECT` line: its length and port, once it is
+    /// complete (a `\n` within `MAX_HELLO_LEN` bytes).
+    fn hello(&self) -> Option<(usize, Option<u32>)> {
+        let end = self.written.iter().take(MAX_HELLO_LEN).position(|&b| b == b'\n')? + 1;
+        Some((end, parse_connect(&self.written[..end])))
+    }
+
+    /// The bytes that are the connection's data (after the `CONNECT` line
+    /// for a host program).
+    fn data(&self) -> &[u8] {
+        match self.peer_of {
+            Some(_) => &self.written,
+            None => self.hello().map_or(&[], |(end, _)| &self.written[end..]),
+        }
+    }
+}
+
+/// What the guest has seen of one connection (host port, guest port).
+#[derive(Debug)]
+struct GuestConn {
+    /// Between the device's REQUEST or RESPONSE and its RST.
+    alive: bool,
+    /// Every packet the device sent on it since it opened was seen.
+    tracked: bool,
+    /// Payload bytes received since it opened (the device's rx count).
+    rx_cnt: u32,
+    /// Host streams whose data it can be: those whose data starts with
+    /// what the guest received on it.
+    candidates: Vec<usize>,
+}
+
+/// virtio-vsock: the host side (the device's socket, listeners at
+/// `PATH_<port>`, host programs and accepted peers) and the guest's view of
+/// the connections.
+struct VsockSide {
+    path: PathBuf,
+    listeners: Vec<(u32, UnixListener)>,
+    hosts: Vec<HostStream>,
+    host_programs: usize,
+    accepted: usize,
+    conns: HashMap<(u32, u32), GuestConn>,
+    /// The credit the guest last gave each connection (buf_alloc,
+    /// fwd_cnt), from the packets the target parsed; cleared when a
+    /// transmit chain could not be parsed.
+    credits: HashMap<(u32, u32), (u32, u32)>,
+    /// Every receive packet since the last reset was parsed (a connection
+    /// the target never saw open is then one that never opened).
+    rx_complete: bool,
+    /// Every receive packet of the input was parsed.
+    rx_never_lost: bool,
+    /// The connections (host port, guest port) the device asked the guest
+    /// for (REQUEST), over the input.
+    requests: Vec<(u32, u32)>,
+    /// The ports of the last packet the guest received (host, guest).
+    last_ports: (u32, u32),
+    /// The device's counters as last checked.
+    counters: VsockCounters,
+    /// What the last device operation put in the rings, when known:
+    /// (receive packets, their payload bytes when all parsed), transmit
+    /// packets.
+    rx_batch: Option<(u64, Option<u64>)>,
+    tx_batch: Option<u64>,
+    /// For `VMM_FUZZ_VERBOSE`: packets parsed and lost.
+    parsed: (u64, u64),
+    lost: (u64, u64),
+}
+
+/// A packet in a used receive chain as the target read it back.
+enum RxPacket {
+    /// The header, the payload, the room the buffer had for it.
+    Packet(VsockHdr, Vec<u8>, u64),
+    /// A packet the target could not read back (buffers overlapping each
+    /// other, or a chain it reads differently).
+    Unknown,
+}
+
+impl VsockSide {
+    fn new(path: PathBuf) -> VsockSide {
+        let listeners = LISTEN_PORTS
+            .iter()
+            .map(|&port| {
+                let at = port_path(&path, port);
+                let _ = std::fs::remove_file(&at);
+                let listener = UnixListener::bind(&at).expect("listen at PATH_<port>");
+                listener.set_nonblocking(true).expect("non-blocking listener");
+                (port, listener)
+            })
+            .collect();
+        VsockSide {
+            path,
+            listeners,
+            hosts: Vec::new(),
+            host_programs: 0,
+            accepted: 0,
+            conns: HashMap::new(),
+            credits: HashMap::new(),
+            rx_complete: true,
+            rx_never_lost: true,
+            requests: Vec::new(),
+            last_ports: (LISTEN_PORTS[0], GUEST_PORTS[0]),
+            counters: VsockCounters::default(),
+            rx_batch: Some((0, Some(0))),
+            tx_batch: Some(0),
+            parsed: (0, 0),
+            lost: (0, 0),
+        }
+    }
+
+    /// The device was reset: every connection is gone.
+    fn reset(&mut self) {
+        self.conns.clear();
+        self.rx_complete = true;
+    }
+
+    /// A receive packet could not be parsed: from here on, no connection
+    /// open now is tracked.
+    fn rx_lost(&mut self) {
+        self.lost.0 += 1;
+        self.rx_complete = false;
+        self.rx_never_lost = false;
+        for conn in self.conns.values_mut() {
+            conn.tracked = false;
+        }
+    }
+
+    /// A transmit packet could not be parsed: any connection's credit may
+    /// have changed.
+    fn tx_lost(&mut self) {
+        self.lost.1 += 1;
+        self.credits.clear();
+    }
+
+    /// Accepts the device's connections to the listeners.
+    fn accept_all(&mut self) {
+        for (port, listener) in &self.listeners {
+            while self.accepted < MAX_ACCEPTED {
+                let Ok((stream, _)) = listener.accept() else { break };
+                stream.set_nonblocking(true).expect("non-blocking stream");
+                self.accepted += 1;
+                let id = self.hosts.len() as u32;
+                self.hosts.push(HostStream {
+                    stream: Some(stream),
+                    id,
+                    peer_of: Some(*port),
+                    written: Vec::new(),
+                    read: Vec::new(),
+                    ok_line: false,
+                });
+            }
+        }
+    }
+
+    /// A host program connects to the device's socket.
+    fn connect(&mut self) {
+        if self.host_programs >= MAX_HOST_PROGRAMS {
+            return;
+        }
+        self.host_programs += 1;
+        // The device's listener has a backlog of more than
+        // MAX_HOST_PROGRAMS: the connect does not wait.
+        let Ok(stream) = UnixStream::connect(&self.path) else { return };
+        stream.set_nonblocking(true).expect("non-blocking stream");
+        let id = self.hosts.len() as u32;
+        self.hosts.push(HostStream {
+            stream: Some(stream),
+            id,
+            peer_of: None,
+            written: Vec::new(),
+            read: Vec::new(),
+            ok_line: false,
+        });
+    }
+
+    fn pick(&self, input: &mut Input) -> Option<usize> {
+        let b = usize::from(input.u8());
+        (!self.hosts.is_empty()).then(|| b % self.hosts.len())
+    }
+
+    /// Writes what the stream takes now of `data` (no SIGPIPE, no wait).
+    fn write(&mut self, index: usize, data: &[u8]) {
+        let host = &mut self.hosts[index];
+        let Some(stream) = &host.stream else { return };
+        // SAFETY: send reads `data.len()` bytes of a live slice; the
+        // descriptor belongs to `stream`.
+        let sent = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if let Ok(sent) = usize::try_from(sent) {
+            host.written.extend_from_slice(&data[..sent]);
+        }
+    }
+
+    /// Writes `len` bytes of the stream's own data.
+    fn write_data(&mut self, index: usize, len: usize) {
+        let host = &self.hosts[index];
+        let at = host.written.len();
+        let data: Vec<u8> = (at..at + len).map(|offset| host_byte(host.id, offset)).collect();
+        self.write(index, &data);
+    }
+
+    /// Reads what the stream has, up to `most` bytes; a host program first
+    /// reads `OK <port>\n`, naming a connection the guest was asked for.
+    fn read(&mut self, index: usize, most: usize) {
+        let host = &mut self.hosts[index];
+        let Some(stream) = &host.stream else { return };
+        let mut buf = vec![0u8; most];
+        // SAFETY: recv writes at most `buf.len()` bytes into a live buffer;
+        // the descriptor belongs to `stream`.
+        let got = unsafe {
+            libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+        };
+        let Ok(got) = usize::try_from(got) else { return };
+        host.read.extend_from_slice(&buf[..got]);
+        if host.peer_of.is_some() || host.ok_line || host.read.is_empty() {
+            return;
+        }
+        let longest = "OK 4294967295\n".len();
+        let Some(end) = host.read.iter().take(longest).position(|&b| b == b'\n') else {
+            assert!(
+                host.read.len() < longest,
+                "a host program read {:?}, not an OK line",
+                String::from_utf8_lossy(&host.read)
+            );
+            return;
+        };
+        let line = &host.read[..end];
+        let port = line
+            .strip_prefix(b"OK ")
+            .filter(|digits| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .and_then(|digits| std::str::from_utf8(digits).ok()?.parse::<u32>().ok());
+        let Some(port) = port else {
+            panic!("a host program read {:?}, not an OK line", String::from_utf8_lossy(&host.read));
+        };
+        host.ok_line = true;
+        let guest_port = host.hello().and_then(|(_, port)| port);
+        if self.rx_never_lost {
+            assert!(
+                guest_port.is_some_and(|guest_port| self.requests.contains(&(port, guest_port))),
+                "a host program that sent {:?} read OK {port}, a connection the guest was never \
+                 asked for (requests {:?})",
+                String::from_utf8_lossy(&self.hosts[index].written[..self.hosts[index].hello().map_or(0, |h| h.0)]),
+                self.requests
+            );
+        }
+    }
+
+    /// A packet the device put in the receive queue, as the guest takes it.
+    fn received(&mut self, hdr: &VsockHdr, data: &[u8], used_len: u32, room: u64) {
+        let what = format!("{hdr:?} ({} payload bytes, used length {used_len})", data.len());
+        assert_eq!(u64::from(used_len), VSOCK_HDR as u64 + u64::from(hdr.len), "{what}");
+        assert!(u64::from(hdr.len) <= room, "{what}: longer than the buffer's {room} bytes");
+        assert_eq!((hdr.src_cid, hdr.dst_cid), (VSOCK_HOST_CID, GUEST_CID), "{what}");
+        assert_eq!(hdr.type_, VSOCK_TYPE_STREAM, "{what}");
+        assert!((VSOCK_OP_REQUEST..=VSOCK_OP_CREDIT_REQUEST).contains(&hdr.op), "{what}");
+        assert!(hdr.op == VSOCK_OP_RW || hdr.len == 0, "{what}: only data has a length");
+        assert!(hdr.op != VSOCK_OP_RW || hdr.len > 0, "{what}: empty data");
+        let key = (hdr.src_port, hdr.dst_port);
+        self.last_ports = key;
+        match hdr.op {
+            VSOCK_OP_REQUEST => {
+                // A host program asked for this guest port.
+                let candidates: Vec<usize> = (0..self.hosts.len())
+                    .filter(|&h| {
+                        let host = &self.hosts[h];
+                        host.peer_of.is_none()
+                            && host.hello().is_some_and(|(_, port)| port == Some(hdr.dst_port))
+                    })
+                    .collect();
+                assert!(!candidates.is_empty(), "{what}: no host program sent CONNECT {}", hdr.dst_port);
+                self.requests.push(key);
+                self.conns.insert(key, GuestConn { alive: true, tracked: true, rx_cnt: 0, candidates });
+            }
+            VSOCK_OP_RESPONSE => {
+                // The device connected to PATH_<port>: a listener's.
+                assert!(LISTEN_PORTS.contains(&hdr.src_port), "{what}: no listener at that port");
+                self.accept_all();
+                let candidates = (0..self.hosts.len())
+                    .filter(|&h| self.hosts[h].peer_of == Some(hdr.src_port))
+                    .collect();
+                self.conns.insert(key, GuestConn { alive: true, tracked: true, rx_cnt: 0, candidates });
+            }
+            VSOCK_OP_RST => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.alive = false;
+                }
+            }
+            _ => {
+                match self.conns.get(&key) {
+                    Some(conn) => assert!(
+                        conn.alive || !conn.tracked,
+                        "{what}: on a connection the device reset"
+                    ),
+                    None => assert!(!self.rx_complete, "{what}: on a connection never opened"),
+                }
+                if hdr.op == VSOCK_OP_RW {
+                    self.received_data(key, data, &what);
+                }
+            }
+        }
+    }
+
+    /// Data on a connection: within the guest's credit, and the next bytes
+    /// of the host stream it comes from.
+    fn received_data(&mut self, key: (u32, u32), data: &[u8], what: &str) {
+        let credit = self.credits.get(&key).copied();
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        if !conn.tracked {
+            return;
+        }
+        let len = data.len() as u32;
+        if let Some((buf_alloc, fwd_cnt)) = credit {
+            let in_flight = conn.rx_cnt.wrapping_sub(fwd_cnt);
+            assert!(
+                in_flight <= buf_alloc && len <= buf_alloc - in_flight,
+                "{what}: past the guest's credit (buf_alloc {buf_alloc}, fwd_cnt {fwd_cnt}, \
+                 {} bytes sent before)",
+                conn.rx_cnt
+            );
+        }
+        let at = conn.rx_cnt as usize;
+        let hosts = &self.hosts;
+        conn.candidates.retain(|&h| hosts[h].data().get(at..at + data.len()) == Some(data));
+        assert!(
+            !conn.candidates.is_empty(),
+            "{what}: bytes {at}.. of the connection are not what any host stream wrote there"
+        );
+        conn.rx_cnt = conn.rx_cnt.wrapping_add(len);
+    }
+
+    /// A packet the device took from the transmit queue (well-formed):
+    /// what it tells of the guest's credit.
+    fn sent(&mut self, hdr: &VsockHdr) {
+        if (hdr.src_cid, hdr.dst_cid) != (GUEST_CID, VSOCK_HOST_CID) {
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if hdr.type_ != VSOCK_TYPE_STREAM || (hdr.op != VSOCK_OP_RW && hdr.len != 0) {
+            // Refused: the connection is reset (with a RST the guest sees)
+            // or, for a RST, left alone.
+            return;
+        }
+        self.credits.insert(key, (hdr.buf_alloc, hdr.fwd_cnt));
+        if hdr.op == VSOCK_OP_RST
+            && let Some(conn) = self.conns.get_mut(&key)
+        {
+            conn.alive = false;
+        }
+    }
+}
+
+/// `PATH_<port>`.
+fn port_path(path: &Path, port: u32) -> PathBuf {
+    let mut at = path.as_os_str().to_owned();
+    at.push(format!("_{port}"));
+    PathBuf::from(at)
+}
+
+/// The per-process directory of the vsock sockets (the device's, the
+/// listeners'), made once and removed at exit.
+fn vsock_dir() -> &'static Path {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    extern "C" fn remove_dir() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir.as_path());
+        }
+    }
+    DIR.get_or_init(|| {
+        // In a tmpfs when there is one: binding a socket on ext4 costs more
+        // than the rest of an input.
+        let prefix = |at: &str| format!("{at}/vmm-fuzz-vsock-{}-", std::process::id());
+        let dir = TempDir::new_with_prefix(prefix("/dev/shm"))
+            .or_else(|_| TempDir::new_with_prefix(prefix("/tmp")))
+            .expect("temporary directory");
+        // SAFETY: `remove_dir` is a plain function that may run at exit.
+        unsafe { libc::atexit(remove_dir) };
+        dir
+    })
+    .as_path()
+}
+
+/// Open descriptors of the process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// Which device `VMM_FUZZ_DEVICE` forces, as header bits (bits 0-1 and 6).
+fn forced_device() -> Option<u8> {
+    static FORCED: OnceLock<Option<u8>> = OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let name = std::env::var("VMM_FUZZ_DEVICE").ok()?;
+        Some(match name.as_str() {
+            "block" => 0,
+            "block-ro" => 1,
+            "rng" => 2,
+            "net" => 3,
+            "vsock" => 2 | 0x40,
+            _ => panic!("VMM_FUZZ_DEVICE={name}: block, block-ro, rng, net or vsock"),
+        })
+    })
+}
+
 fn block_config() -> Vec<u8> {
     let mut config = Vec::new();
     config.extend_from_slice(&IMAGE_SECTORS.to_le_bytes());
@@ -1314,10 +2362,15 @@ fn block_config() -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let header = input.u8();
+    let mut header = input.u8();
+    if let Some(device) = forced_device() {
+        header = header & !0x43 | device;
+    }
     let notify_by_eventfd = header & 4 != 0;
     let gap = header & 8 == 0;
     let images = images();
+    let vsock_dir = vsock_dir();
+    let fds = open_fds();
     match header & 3 {
         device @ (0 | 1) => {
             let read_only = device == 1;
@@ -1375,6 +2428,38 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(counters.tx_frames, rig.frames_received, "frames sent to the tap");
         }
+        2 if header & 0x40 != 0 => {
+            let path = vsock_dir.join("v.sock");
+            let _ = std::fs::remove_file(&path);
+            let vsock = Vsock::new(GUEST_CID, &path).expect("virtio-vsock");
+            let expect = Expect {
+                device_type: 19,
+                config: GUEST_CID.to_le_bytes().to_vec(),
+                max_used_len: VSOCK_HDR as u32 + MAX_PKT_DATA,
+                fill: None,
+                // The receive queue also fills the chains it holds (at most
+                // a queue's worth) besides the up to two queues' worth it
+                // takes per call.
+                used_per_call: 3,
+                holds_chains: false,
+            };
+            let mut rig = Rig::new(vsock, expect, gap, notify_by_eventfd);
+            rig.vsock = Some(VsockSide::new(path.clone()));
+            rig.run(&mut input);
+            if vmm_fuzz::verbose() {
+                let side = rig.vsock.as_ref().map(|side| (side.parsed, side.lost, side.hosts.len()));
+                eprintln!(
+                    "vsock: {:?}; (rx, tx) packets parsed, lost, host streams: {side:?}; {}",
+                    rig.t.device().counters(),
+                    rig.summary()
+                );
+            }
+            drop(rig);
+            assert!(path.symlink_metadata().is_err(), "the device left its socket behind");
+            for port in LISTEN_PORTS {
+                let _ = std::fs::remove_file(port_path(&path, port));
+            }
+        }
         _ => {
             let source = Source { mode: header >> 4 & 3, calls: 0 };
             let expect = Expect {
@@ -1392,4 +2477,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    assert_eq!(open_fds(), fds, "descriptors left open after the input");
 });
