@@ -7,6 +7,7 @@ pub mod modes;
 pub mod pause;
 mod platform;
 pub mod seccomp;
+pub mod state;
 pub mod thread;
 mod vcpu;
 mod vm;

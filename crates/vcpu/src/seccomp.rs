@@ -12,7 +12,11 @@
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{kvm_clock_data, kvm_regs, kvm_sregs, kvm_translation};
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -57,6 +61,29 @@ pub const KVM_GET_CLOCK: u64 = ioc(IOC_READ, 0x7c, std::mem::size_of::<kvm_clock
 /// KVM_SET_CLOCK: `_IOW(KVMIO, 0x7b, struct kvm_clock_data)`; and sets it
 /// back when it resumes, so a paused guest's clock does not jump.
 pub const KVM_SET_CLOCK: u64 = ioc(IOC_WRITE, 0x7b, std::mem::size_of::<kvm_clock_data>());
+
+/// The reads a snapshot makes on each parked vCPU's thread
+/// ([`crate::state`]): KVM_GET_MP_STATE, KVM_GET_XSAVE, KVM_GET_XCRS,
+/// KVM_GET_DEBUGREGS, KVM_GET_LAPIC, KVM_GET_TSC_KHZ, KVM_GET_CPUID2,
+/// KVM_GET_MSRS and KVM_GET_VCPU_EVENTS (registers are allowed already).
+pub const VCPU_STATE_IOCTLS: [u64; 9] = [
+    ioc(IOC_READ, 0x98, std::mem::size_of::<kvm_mp_state>()),
+    ioc(IOC_READ, 0xa4, std::mem::size_of::<kvm_xsave>()),
+    ioc(IOC_READ, 0xa6, std::mem::size_of::<kvm_xcrs>()),
+    ioc(IOC_READ, 0xa1, std::mem::size_of::<kvm_debugregs>()),
+    ioc(IOC_READ, 0x8e, std::mem::size_of::<kvm_lapic_state>()),
+    ioc(0, 0xa3, 0),
+    ioc(IOC_READ | IOC_WRITE, 0x91, std::mem::size_of::<kvm_cpuid2>()),
+    ioc(IOC_READ | IOC_WRITE, 0x88, std::mem::size_of::<kvm_msrs>()),
+    ioc(IOC_READ, 0x9f, std::mem::size_of::<kvm_vcpu_events>()),
+];
+
+/// KVM_GET_IRQCHIP: `_IOWR(KVMIO, 0x62, struct kvm_irqchip)`; a snapshot
+/// reads the PICs and the I/O APIC on the event loop's thread.
+pub const KVM_GET_IRQCHIP: u64 =
+    ioc(IOC_READ | IOC_WRITE, 0x62, std::mem::size_of::<kvm_irqchip>());
+/// KVM_GET_PIT2: `_IOR(KVMIO, 0x9f, struct kvm_pit_state2)`; and the PIT.
+pub const KVM_GET_PIT2: u64 = ioc(IOC_READ, 0x9f, std::mem::size_of::<kvm_pit_state2>());
 
 /// TUNSETOFFLOAD: `_IOW('T', 208, unsigned int)`. A tap-backed device sets
 /// its tap's offloads when the driver activates or resets it, which happens
@@ -124,6 +151,19 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_statx,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // A snapshot (control API): creating its directory and files under
+    // temporary names, writing and sizing them (a sparse memory file),
+    // reading residency (mincore), and renaming them into place.
+    libc::SYS_openat,
+    libc::SYS_mkdirat,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_lseek,
+    libc::SYS_mincore,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_rename,
+    libc::SYS_fstat,
 ];
 
 /// Extra system calls of the API thread: accepting a connection on its
@@ -156,7 +196,7 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
     match kind {
         // TCGETS/TCSETS: a panic hook restores the terminal from any thread.
         ThreadKind::Vcpu => {
-            vec![
+            let mut ioctls = vec![
                 KVM_RUN,
                 KVM_GET_REGS,
                 KVM_GET_SREGS,
@@ -164,7 +204,9 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
                 libc::TCGETS,
                 libc::TCSETS,
                 TUNSETOFFLOAD,
-            ]
+            ];
+            ioctls.extend_from_slice(&VCPU_STATE_IOCTLS);
+            ioctls
         }
         // FIONBIO: the vsock device makes accepted Unix streams non-blocking.
         ThreadKind::Vmm => vec![
@@ -174,6 +216,8 @@ pub fn allowed_ioctls(kind: ThreadKind) -> Vec<u64> {
             libc::FIONBIO,
             KVM_GET_CLOCK,
             KVM_SET_CLOCK,
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
         ],
         // The panic hook's terminal restore only.
         ThreadKind::Api => vec![libc::TCGETS, libc::TCSETS],
@@ -255,6 +299,22 @@ mod tests {
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
         assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
         assert_eq!(KVM_SET_CLOCK, 0x4030_ae7b);
+        assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
+        assert_eq!(KVM_GET_PIT2, 0x8070_ae9f);
+        assert_eq!(
+            VCPU_STATE_IOCTLS,
+            [
+                0x8004_ae98, // KVM_GET_MP_STATE
+                0x9000_aea4, // KVM_GET_XSAVE
+                0x8188_aea6, // KVM_GET_XCRS
+                0x8080_aea1, // KVM_GET_DEBUGREGS
+                0x8400_ae8e, // KVM_GET_LAPIC
+                0xaea3,      // KVM_GET_TSC_KHZ
+                0xc008_ae91, // KVM_GET_CPUID2
+                0xc008_ae88, // KVM_GET_MSRS
+                0x8040_ae9f, // KVM_GET_VCPU_EVENTS
+            ]
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
     memory: GuestMemoryMmap,
+    /// The VM has the in-kernel irqchip (so the vCPU has a LAPIC to save).
+    pub(crate) irqchip: bool,
+    /// The MSRs a snapshot saves (KVM's list).
+    pub(crate) msr_indices: Vec<u32>,
 }
 
 /// Where a vCPU stood when the guest failed, for the report.
@@ -39,6 +43,7 @@ impl Vcpu {
         memory: GuestMemoryMmap,
         index: u8,
         topology: CpuTopology,
+        irqchip: bool,
     ) -> Result<Self> {
         let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_error("KVM_CREATE_VCPU"))?;
         let mut cpuid = kvm
@@ -46,7 +51,8 @@ impl Vcpu {
             .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
         cpuid::adjust(&mut cpuid, index, topology);
         fd.set_cpuid2(&cpuid).map_err(kvm_error("KVM_SET_CPUID2"))?;
-        Ok(Vcpu { fd, index, memory })
+        let msr_indices = crate::state::msrs_to_save(kvm)?;
+        Ok(Vcpu { fd, index, memory, irqchip, msr_indices })
     }
 
     /// The vCPU's index (and APIC id).

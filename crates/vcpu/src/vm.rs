@@ -1,5 +1,7 @@
 //! The KVM virtual machine and its RAM.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_memory::{GuestRam, layout};
 
@@ -15,6 +17,8 @@ use crate::{CpuTopology, Result, Vcpu, kvm_error};
 pub struct Vm {
     fd: VmFd,
     ram: GuestRam,
+    /// The in-kernel irqchip and PIT exist.
+    irqchip: AtomicBool,
 }
 
 impl Vm {
@@ -30,7 +34,7 @@ impl Vm {
         // dropped (closing the VM) before `ram` is, so the mapping outlives
         // every use KVM can make of it.
         unsafe { ram.register(&fd) }?;
-        Ok(Vm { fd, ram })
+        Ok(Vm { fd, ram, irqchip: AtomicBool::new(false) })
     }
 
     /// The VM file descriptor.
@@ -49,7 +53,14 @@ impl Vm {
     pub fn create_irqchip(&self) -> Result<()> {
         self.fd.create_irq_chip().map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        self.fd.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))
+        self.fd.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))?;
+        self.irqchip.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True once [`Vm::create_irqchip`] succeeded.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip.load(Ordering::Relaxed)
     }
 
     /// The guest's kvmclock (KVM_GET_CLOCK), to hold it still over a pause.
@@ -68,6 +79,6 @@ impl Vm {
     /// Creates vCPU `index` of `topology` with the host's supported CPUID,
     /// adjusted for it.
     pub fn create_vcpu(&self, kvm: &Kvm, index: u8, topology: CpuTopology) -> Result<Vcpu> {
-        Vcpu::new(kvm, &self.fd, self.ram.memory().clone(), index, topology)
+        Vcpu::new(kvm, &self.fd, self.ram.memory().clone(), index, topology, self.has_irqchip())
     }
 }
