@@ -1,6 +1,6 @@
 /*
  * blkbench: the guest side of the benchmark's virtio-blk rows
- * (vmm/benches/vmm.rs, resources/bench/README.md). Runs in guest user space
+ * (vmm/benches/vmm/main.rs, resources/bench/README.md). Runs in guest user space
  * on the test Linux's root disk, built with `gcc -static -O2`.
  *
  *   blkbench DEV REGION_MIB SEQ_KIB RAND_COUNT all|idle

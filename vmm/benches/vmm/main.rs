@@ -1,13 +1,14 @@
 //! The VMM benchmark (project issue 6): `cargo bench -p vmm --bench vmm`
-//! [`-- --quick`] [`-- --linux`] [`-- --only disk`].
+//! [`-- --quick`] [`-- --linux`] [`-- --only disk,net`].
 //!
 //! Builds the floor (a minimal C VMM, `resources/bench/floor.c`) and the
 //! bench guests (`resources/bench/guests`) into `target/bench`, then runs
 //! every metric several times, alternating our VMM, the floor and QEMU
 //! microvm in this one process tree, and prints one table: min / median /
 //! max per VMM, the ratio of the medians ours/floor (ours/QEMU for the Linux
-//! boot and the virtio-blk rows, whose guest program is
-//! `resources/bench/blkbench.c`) and the issue's target. It exits 1 if a
+//! boot, ACPI, virtio-blk and virtio-net rows, whose guest programs are
+//! `resources/bench/blkbench.c` and `netbench.c`; modules `acpi` and `net`)
+//! and the issue's target. It exits 1 if a
 //! measurement could not be taken (a build failed, a run failed or ended
 //! with the wrong status), 0 otherwise, whether or not the targets are met.
 //! `resources/bench/README.md` describes each metric.
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod acpi;
+mod net;
 
 /// Exits of the fast loops (real mode and CPL0, ~8 us an exit on the test
 /// host): the small and the large image.
@@ -94,11 +98,11 @@ struct Options {
 }
 
 /// The metric groups `--only` can pick.
-const GROUPS: [&str; 6] = ["exits", "startup", "rss", "serial", "linux", "disk"];
+const GROUPS: [&str; 8] = ["exits", "startup", "rss", "serial", "linux", "acpi", "disk", "net"];
 
 /// The groups that boot Linux (minutes each): run with `--linux` or when
 /// `--only` names them.
-const LINUX_GROUPS: [&str; 2] = ["linux", "disk"];
+const LINUX_GROUPS: [&str; 4] = ["linux", "acpi", "disk", "net"];
 
 impl Options {
     /// Whether `group` runs (`linux` and `disk` only when asked for).
@@ -524,6 +528,9 @@ enum Target {
     MaxPlus(f64, &'static str),
     /// ours < base.
     Below,
+    /// No target: the row shows a figure (and the ratio, if there is a
+    /// baseline).
+    Info,
 }
 
 #[derive(Debug)]
@@ -550,6 +557,7 @@ impl Row {
             Target::MinTimes(f) => ours >= f * base,
             Target::MaxPlus(d, _) => ours <= base + d,
             Target::Below => ours < base,
+            Target::Info => return None,
         })
     }
 
@@ -560,6 +568,7 @@ impl Row {
             Target::MinTimes(f) => format!(">= {f:.2}x {base}"),
             Target::MaxPlus(d, unit) => format!("<= {base} + {d} {unit}"),
             Target::Below => format!("< {base}"),
+            Target::Info => "-".into(),
         }
     }
 
@@ -1159,18 +1168,14 @@ fn debugfs(image: &Path, request: &str, write: bool) -> Result<Vec<u8>, String> 
     Ok(output.stdout)
 }
 
-/// Builds blkbench, makes the two root images (rootfs.ext4 with blkbench
-/// and a /test.sh for each mode, put there with debugfs) and the data disk.
-fn prepare_disk(bench: &Bench, linux: &Linux) -> Result<DiskSetup, String> {
-    let rootfs = linux.dir.join("rootfs.ext4");
-    if !rootfs.is_file() {
-        return Err(format!("{} has no rootfs.ext4", linux.dir.display()));
-    }
-    let blkbench = bench.out.join("blkbench");
-    let source = bench.root.join("resources/bench/blkbench.c");
+/// Compiles `resources/bench/NAME.c` into a static guest program
+/// `target/bench/NAME`; its bytes.
+fn build_guest_program(bench: &Bench, name: &str) -> Result<(PathBuf, Vec<u8>), String> {
+    let program = bench.out.join(name);
+    let source = bench.root.join(format!("resources/bench/{name}.c"));
     let output = Command::new("gcc")
         .args(["-static", "-O2", "-s", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&blkbench)
+        .arg(&program)
         .arg(&source)
         .stdin(Stdio::null())
         .output()
@@ -1182,13 +1187,52 @@ fn prepare_disk(bench: &Bench, linux: &Linux) -> Result<DiskSetup, String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let program = std::fs::read(&blkbench).map_err(|e| format!("{}: {e}", blkbench.display()))?;
+    let bytes = std::fs::read(&program).map_err(|e| format!("{}: {e}", program.display()))?;
+    Ok((program, bytes))
+}
+
+/// A copy of the test Linux's rootfs.ext4 in the scratch directory named
+/// `image`, with `files` (host path, name in /, contents) put there as
+/// executables with debugfs and read back.
+fn root_image(
+    bench: &Bench,
+    linux: &Linux,
+    image: &str,
+    files: &[(&Path, &str, &[u8])],
+) -> Result<PathBuf, String> {
+    let rootfs = linux.dir.join("rootfs.ext4");
+    if !rootfs.is_file() {
+        return Err(format!("{} has no rootfs.ext4", linux.dir.display()));
+    }
+    let image = bench.scratch_file(image);
+    std::fs::copy(&rootfs, &image).map_err(|e| format!("{}: {e}", image.display()))?;
+    for (host, guest, _) in files {
+        let host = host
+            .to_str()
+            .filter(|p| !p.contains(char::is_whitespace))
+            .ok_or_else(|| format!("debugfs cannot take the path {} (spaces)", host.display()))?;
+        debugfs(&image, &format!("write {host} {guest}"), true)?;
+        debugfs(&image, &format!("sif {guest} mode 0100755"), true)?;
+    }
+    // debugfs reports most failures on stderr with status 0: read back.
+    for (_, guest, want) in files {
+        if debugfs(&image, &format!("cat {guest}"), false)? != *want {
+            return Err(format!("debugfs did not put /{guest} into {}", image.display()));
+        }
+    }
+    Ok(image)
+}
+
+/// Builds blkbench, makes the two root images (rootfs.ext4 with blkbench
+/// and a /test.sh for each mode, put there with debugfs) and the data disk.
+fn prepare_disk(bench: &Bench, linux: &Linux) -> Result<DiskSetup, String> {
+    let (blkbench, program) = build_guest_program(bench, "blkbench")?;
     let mut roots = Vec::new();
     for mode in [DiskMode::Full, DiskMode::Idle] {
         // The kernel runs with noxsave (it saves only x87/SSE state), so
         // glibc is kept off its AVX string functions.
         let script = format!(
-            "#!/bin/sh\n# vmm/benches/vmm.rs, the virtio-blk rows ({} boot)\n\
+            "#!/bin/sh\n# vmm/benches/vmm/main.rs, the virtio-blk rows ({} boot)\n\
              export GLIBC_TUNABLES={GLIBC_NO_AVX}\n\
              exec /blkbench /dev/vdb {DISK_REGION_MIB} {DISK_SEQ_KIB} {DISK_RAND_READS} {}\n",
             mode.arg(),
@@ -1197,23 +1241,9 @@ fn prepare_disk(bench: &Bench, linux: &Linux) -> Result<DiskSetup, String> {
         let script_path = bench.scratch_file(&format!("disk-test-{}.sh", mode.arg()));
         std::fs::write(&script_path, &script)
             .map_err(|e| format!("{}: {e}", script_path.display()))?;
-        let image = bench.scratch_file(&format!("disk-root-{}.ext4", mode.arg()));
-        std::fs::copy(&rootfs, &image).map_err(|e| format!("{}: {e}", image.display()))?;
-        for (host, guest) in [(&script_path, "test.sh"), (&blkbench, "blkbench")] {
-            let host =
-                host.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
-                    format!("debugfs cannot take the path {} (spaces)", host.display())
-                })?;
-            debugfs(&image, &format!("write {host} {guest}"), true)?;
-            debugfs(&image, &format!("sif {guest} mode 0100755"), true)?;
-        }
-        // debugfs reports most failures on stderr with status 0: read back.
-        for (want, guest) in [(script.as_bytes(), "test.sh"), (&program[..], "blkbench")] {
-            if debugfs(&image, &format!("cat {guest}"), false)? != want {
-                return Err(format!("debugfs did not put /{guest} into {}", image.display()));
-            }
-        }
-        roots.push(image);
+        let files: [(&Path, &str, &[u8]); 2] =
+            [(&script_path, "test.sh", script.as_bytes()), (&blkbench, "blkbench", &program)];
+        roots.push(root_image(bench, linux, &format!("disk-root-{}.ext4", mode.arg()), &files)?);
     }
     let data = bench.scratch_file("disk-data.img");
     std::fs::write(&data, data_disk()).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -1700,14 +1730,22 @@ fn run(options: &Options) -> Result<bool, String> {
     }
     let mut counts = ExitCounts::default();
     let mut disk_notes = Vec::new();
-    if options.runs("linux") || options.runs("disk") {
-        // Once for both groups: the recipe may change while this runs.
+    let mut acpi_notes = Vec::new();
+    let mut net_notes = Vec::new();
+    if LINUX_GROUPS.iter().any(|group| options.runs(group)) {
+        // Once for all groups: the recipe may change while this runs.
         let linux = build_linux(&bench);
         if options.runs("linux") {
             rows.extend(linux_rows(&bench, options, &linux, &mut counts));
         }
+        if options.runs("acpi") {
+            rows.extend(acpi::rows(&bench, options, &linux, &mut acpi_notes));
+        }
         if options.runs("disk") {
             rows.extend(disk_rows(&bench, options, &linux, &mut disk_notes));
+        }
+        if options.runs("net") {
+            rows.extend(net::rows(&bench, options, &linux, &mut net_notes));
         }
     }
 
@@ -1726,6 +1764,21 @@ fn run(options: &Options) -> Result<bool, String> {
         );
         for line in &disk_notes {
             println!("  {line}");
+        }
+    }
+    for (title, lines) in [
+        ("The ACPI kernel", &acpi_notes),
+        (
+            "virtio-net exits to userspace per MiB (the instrumented boots: the one with the TCP \
+             transfers minus the idle one)",
+            &net_notes,
+        ),
+    ] {
+        if !lines.is_empty() {
+            println!("\n{title}:");
+            for line in lines {
+                println!("  {line}");
+            }
         }
     }
     let failed = rows.iter().any(|row| row.cells.iter().any(|c| matches!(c, Cell::Failed(_))));
