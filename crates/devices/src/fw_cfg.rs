@@ -49,6 +49,15 @@ pub const KEY_MAX_CPUS: u16 = 0x0f;
 const SIGNATURE: &[u8; 4] = b"QEMU";
 const ID_TRADITIONAL: u32 = 1;
 
+/// What a snapshot keeps of fw_cfg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FwCfgState {
+    /// The selected key.
+    pub selected: u16,
+    /// The next byte of the selected item to read.
+    pub position: u64,
+}
+
 /// The fw_cfg device.
 #[derive(Debug)]
 pub struct FwCfg {
@@ -69,6 +78,19 @@ impl FwCfg {
             (KEY_MAX_CPUS, cpus.to_le_bytes().to_vec()),
         ]);
         FwCfg { items, selected: KEY_SIGNATURE, position: 0 }
+    }
+
+    /// The selected item and the position in it, for a snapshot (the
+    /// items come from the machine's configuration).
+    pub fn state(&self) -> FwCfgState {
+        FwCfgState { selected: self.selected, position: self.position as u64 }
+    }
+
+    /// Selects the item and position of `state`.
+    pub fn restore(&mut self, state: &FwCfgState) {
+        self.selected = state.selected;
+        // Past an item's end reads give zeros, whatever the position.
+        self.position = usize::try_from(state.position).unwrap_or(usize::MAX);
     }
 
     /// Selects the item `key` and rewinds it.

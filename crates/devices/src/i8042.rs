@@ -52,6 +52,22 @@ enum Pending {
     OutputPort,
 }
 
+/// The controller's registers, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    /// The controller configuration byte.
+    pub config: u8,
+    /// The output port.
+    pub output_port: u8,
+    /// Answers not read yet (at most 16 are kept).
+    pub output: Vec<u8>,
+    /// What the next data-port write is for: 0 nothing, 1 the configuration
+    /// byte, 2 the output port.
+    pub pending: u8,
+    /// The last write was a command (status bit 3).
+    pub last_was_command: bool,
+}
+
 /// The i8042 controller, with no keyboard or mouse behind it.
 #[derive(Debug)]
 pub struct I8042<R> {
@@ -74,6 +90,40 @@ impl<R: ExitRequest> I8042<R> {
             pending: Pending::Nothing,
             last_was_command: false,
         }
+    }
+
+    /// The registers, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            config: self.config,
+            output_port: self.output_port,
+            output: self.output.iter().copied().collect(),
+            pending: match self.pending {
+                Pending::Nothing => 0,
+                Pending::Config => 1,
+                Pending::OutputPort => 2,
+            },
+            last_was_command: self.last_was_command,
+        }
+    }
+
+    /// Takes the registers of `state`.
+    pub fn restore(&mut self, state: &I8042State) -> crate::Result<()> {
+        let invalid = |reason: String| crate::Error::InvalidState { device: "i8042", reason };
+        if state.output.len() > OUTPUT_BUFFER_MAX {
+            return Err(invalid(format!("{} answers queued", state.output.len())));
+        }
+        self.pending = match state.pending {
+            0 => Pending::Nothing,
+            1 => Pending::Config,
+            2 => Pending::OutputPort,
+            other => return Err(invalid(format!("pending write {other}"))),
+        };
+        self.config = state.config;
+        self.output_port = state.output_port;
+        self.output = state.output.iter().copied().collect();
+        self.last_was_command = state.last_was_command;
+        Ok(())
     }
 
     fn status(&self) -> u8 {
@@ -175,6 +225,25 @@ mod tests {
         let mut data = [0u8];
         dev.pio_read(PioAddress(port), 0, &mut data);
         data[0]
+    }
+
+    #[test]
+    fn a_restored_controller_answers_as_the_saved_one_would() {
+        let mut dev = I8042::new(Resets::default());
+        write(&mut dev, I8042_COMMAND_PORT, CMD_SELF_TEST);
+        write(&mut dev, I8042_COMMAND_PORT, CMD_WRITE_CONFIG);
+        let state = dev.state();
+        assert_eq!((state.output.clone(), state.pending), (vec![SELF_TEST_OK], 1));
+        let mut restored = I8042::new(Resets::default());
+        restored.restore(&state).unwrap();
+        assert_eq!(restored.state(), state);
+        write(&mut restored, I8042_DATA_PORT, 0x45);
+        assert_eq!(read(&mut restored, I8042_DATA_PORT), SELF_TEST_OK);
+        assert_eq!(restored.config, 0x45);
+        let bad = I8042State { pending: 3, ..state.clone() };
+        assert!(restored.restore(&bad).unwrap_err().to_string().contains("pending write 3"));
+        let bad = I8042State { output: vec![0; 17], ..state };
+        assert!(restored.restore(&bad).is_err());
     }
 
     #[test]

@@ -17,6 +17,14 @@ pub enum Error {
     /// Creating an event file descriptor failed.
     #[error("cannot create an eventfd for a device interrupt: {0}")]
     EventFd(std::io::Error),
+    /// A saved device state that cannot be restored.
+    #[error("invalid saved state of the {device}: {reason}")]
+    InvalidState {
+        /// Which device.
+        device: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Result type of this crate.

@@ -32,6 +32,16 @@ impl PciHost {
         PciHost::default()
     }
 
+    /// The address register, for a snapshot.
+    pub fn state(&self) -> u32 {
+        self.address
+    }
+
+    /// Sets the address register to a snapshot's value.
+    pub fn restore(&mut self, address: u32) {
+        self.address = address;
+    }
+
     /// The 32-bit register of the addressed function at `register` (a
     /// multiple of 4), or all-ones where there is no function.
     fn config_register(&self, register: u32) -> u32 {

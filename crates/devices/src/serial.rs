@@ -2,10 +2,12 @@
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
 use vm_device::MutDevicePio;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_superio::Serial;
 use vm_superio::serial::SerialEvents;
+use vm_superio::serial::SerialState;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::EventFdTrigger;
@@ -35,6 +37,30 @@ impl SerialEvents for InputRoom {
     }
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them
+/// (vm-superio's `SerialState`, which has no serde of its own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialPortState {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes received and not read yet (at most the 64-byte FIFO).
+    pub in_buffer: Vec<u8>,
+}
+
 /// A UART whose transmitted bytes go to `W`.
 pub struct SerialPort<W: Write> {
     uart: Serial<EventFdTrigger, InputRoom, W>,
@@ -56,6 +82,50 @@ impl<W: Write> SerialPort<W> {
     /// guest has read the receive FIFO empty.
     pub fn with_input_room(interrupt: EventFdTrigger, input_room: EventFd, out: W) -> Self {
         SerialPort { uart: Serial::with_events(interrupt, InputRoom(Some(input_room)), out) }
+    }
+
+    /// Like [`SerialPort::with_input_room`] (or `new`, without
+    /// `input_room`), with the registers and FIFO of `state`; raises the
+    /// interrupt if the state has one pending.
+    pub fn from_state(
+        state: &SerialPortState,
+        interrupt: EventFdTrigger,
+        input_room: Option<EventFd>,
+        out: W,
+    ) -> crate::Result<Self> {
+        let inner = SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart =
+            Serial::from_state(&inner, interrupt, InputRoom(input_room), out).map_err(|err| {
+                crate::Error::InvalidState { device: "serial port", reason: format!("{err:?}") }
+            })?;
+        Ok(SerialPort { uart })
+    }
+
+    /// The registers and FIFO, for a snapshot.
+    pub fn state(&self) -> SerialPortState {
+        let state = self.uart.state();
+        SerialPortState {
+            baud_divisor: [state.baud_divisor_low, state.baud_divisor_high],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer,
+        }
     }
 
     /// The interrupt line, to wire to the guest's interrupt controller.
@@ -170,6 +240,34 @@ mod tests {
         assert_eq!(byte[0], b'o');
         serial.pio_read(PioAddress(COM1_PORT), THR, &mut byte);
         assert_eq!(byte[0], b'k');
+    }
+
+    #[test]
+    fn a_restored_port_has_the_registers_and_unread_input_it_had() {
+        let mut serial = port();
+        let base = PioAddress(COM1_PORT);
+        serial.pio_write(base, LCR, &[0x80]);
+        serial.pio_write(base, THR, &[0x0c]); // divisor 12: 9600 baud
+        serial.pio_write(base, LCR, &[0x03]);
+        serial.pio_write(base, 7, &[0x5a]); // scratch
+        serial.pio_write(base, 1, &[0x01]); // IER: received data
+        serial.enqueue_input(b"ab");
+        let state = serial.state();
+        assert_eq!((state.baud_divisor[0], state.scratch), (0x0c, 0x5a));
+        let json = serde_json::to_string(&state).unwrap();
+        let state: SerialPortState = serde_json::from_str(&json).unwrap();
+        let interrupt = EventFdTrigger::new().unwrap();
+        let mut restored = SerialPort::from_state(&state, interrupt, None, Vec::new()).unwrap();
+        assert_eq!(restored.state(), serial.state());
+        // Received data is pending: the restored port raised its interrupt.
+        assert_eq!(restored.interrupt().event_fd().read().unwrap(), 1);
+        let mut byte = [0u8];
+        restored.pio_read(base, THR, &mut byte);
+        assert_eq!(byte[0], b'a');
+        let mut bad = state;
+        bad.in_buffer = vec![0; 65];
+        let err = SerialPort::from_state(&bad, EventFdTrigger::new().unwrap(), None, Vec::new());
+        assert!(err.unwrap_err().to_string().contains("serial port"));
     }
 
     #[test]
