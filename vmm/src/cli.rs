@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Where the guest's serial console goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SerialTarget {
     /// The VMM's standard output.
     Stdout,
@@ -36,7 +36,9 @@ fn parse_number(value: &str) -> Result<u64, String> {
 }
 
 /// How to boot the image, as given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Boot {
     /// From the image: multiboot if it has a multiboot header (an ELF64
     /// only with the a.out kludge and no Linux note), PVH if the ELF has the
@@ -55,12 +57,12 @@ pub enum Boot {
 
 /// Runs a guest image (raw real-mode binary, 64-bit ELF, a Linux vmlinux or
 /// bzImage, or a multiboot kernel) under KVM.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser, serde::Serialize, serde::Deserialize)]
 #[command(version, about)]
 pub struct Cli {
     /// Guest image; its format is recognised from its content.
-    #[arg(long, value_name = "IMG")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "IMG", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
 
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 128, value_parser = parse_number)]
@@ -153,6 +155,23 @@ pub struct Cli {
     /// vm.resume, vm.counters, vmm.shutdown).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<String>,
+
+    /// Restore a snapshot instead of booting: `source_url=file:///DIR`
+    /// (written by the API's vm.snapshot), `resume=on` to run at once
+    /// (default off: paused, for the API's vm.resume). The machine comes
+    /// from the snapshot's configuration: only --api-socket, --serial,
+    /// --seccomp, --exit-stats, --log-level and --kvm-device may go beside it.
+    #[arg(
+        long,
+        value_name = "source_url=file:///DIR[,resume=on|off]",
+        conflicts_with_all = [
+            "kernel", "memory", "load_addr", "entry", "boot", "cmdline", "initrd",
+            "unpack_bzimage", "cpus", "irqchip", "kvm_pv_ipi", "disk", "net", "vsock",
+            "rng", "acpi",
+        ]
+    )]
+    #[serde(skip)]
+    pub restore: Option<String>,
 
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else warn].
     #[arg(long, value_name = "LEVEL", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]

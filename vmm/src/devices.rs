@@ -224,26 +224,38 @@ impl DeviceManager {
 pub fn add_acpi_pm(
     bus: &mut IoManager,
     requests: impl ExitRequest + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<Mutex<PciHost>>> {
     let pm = AcpiPm::new(requests, layout::ACPI_S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
     let range = PioRange::new(PioAddress(layout::ACPI_SLEEP_CONTROL_PORT), ACPI_PM_PORT_LEN)?;
     bus.register_pio(range, Arc::new(Mutex::new(pm)))
         .context("cannot register the ACPI power-management registers")?;
     // An ACPI kernel has PCI support and looks for configuration space.
     let range = PioRange::new(PioAddress(PCI_CONFIG_PORT), PCI_CONFIG_PORT_LEN)?;
-    bus.register_pio(range, Arc::new(Mutex::new(PciHost::new())))
+    let pci_host = Arc::new(Mutex::new(PciHost::new()));
+    bus.register_pio(range, pci_host.clone())
         .context("cannot register the PCI configuration ports")?;
-    Ok(())
+    Ok(pci_host)
+}
+
+/// The legacy devices that hold state, for a snapshot (the serial port is
+/// the machine's own; debug exit and the ACPI registers hold none).
+pub struct LegacyDevices<R> {
+    /// The i8042 controller.
+    pub i8042: Arc<Mutex<I8042<R>>>,
+    /// fw_cfg.
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
+    /// The PCI host (with ACPI).
+    pub pci_host: Option<Arc<Mutex<PciHost>>>,
 }
 
 /// The legacy devices on the port I/O bus; fw_cfg tells the guest the RAM
 /// size and CPU count.
-pub fn legacy_bus(
+pub fn legacy_bus<R: ExitRequest + Clone + 'static>(
     serial: Arc<Serial>,
-    requests: impl ExitRequest + Clone + 'static,
+    requests: R,
     ram_size: u64,
     cpus: u8,
-) -> anyhow::Result<IoManager> {
+) -> anyhow::Result<(IoManager, LegacyDevices<R>)> {
     let mut bus = IoManager::new();
     bus.register_pio(PioRange::new(PioAddress(COM1_PORT), SERIAL_PORT_LEN)?, serial)
         .context("cannot register the serial port")?;
@@ -256,7 +268,7 @@ pub fn legacy_bus(
             .context("cannot register the i8042 controller")?;
     }
     let fw_cfg = Arc::new(Mutex::new(FwCfg::new(ram_size, u16::from(cpus))));
-    bus.register_pio(PioRange::new(PioAddress(FW_CFG_PORT), FW_CFG_PORT_LEN)?, fw_cfg)
+    bus.register_pio(PioRange::new(PioAddress(FW_CFG_PORT), FW_CFG_PORT_LEN)?, fw_cfg.clone())
         .context("cannot register fw_cfg")?;
-    Ok(bus)
+    Ok((bus, LegacyDevices { i8042, fw_cfg, pci_host: None }))
 }

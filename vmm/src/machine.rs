@@ -31,8 +31,9 @@ use crate::api::http::VmmLink;
 use crate::api::{ApiError, ApiSocket};
 use crate::cli::{Boot, Cli, SerialTarget};
 use crate::config::{parse_disk, parse_net, parse_rng, parse_vsock};
-use crate::devices::{DeviceManager, add_acpi_pm, legacy_bus};
+use crate::devices::{DeviceManager, LegacyDevices, add_acpi_pm, legacy_bus};
 use crate::event_loop::EventLoop;
+use crate::snapshot::{DevicesState, MachineShape, MachineState, Snapshot};
 
 /// The guest's COM1, shared by the port bus (vCPU threads) and the
 /// console input (the event loop).
@@ -43,7 +44,7 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 
 /// Turns device requests (debug exit, reset) into the run's outcome.
 #[derive(Clone)]
-struct DeviceRequests(Arc<RunControl>, Arc<EventFd>);
+pub struct DeviceRequests(Arc<RunControl>, Arc<EventFd>);
 
 impl DeviceRequests {
     fn finish(&self, outcome: Outcome) {
@@ -248,6 +249,69 @@ fn add_virtio_devices(
     Ok(entries)
 }
 
+/// Loads the image the command line names into `ram` with the boot data
+/// its protocol needs (MP table, ACPI tables); returns the machine's shape,
+/// the entry point and the command line the guest got.
+fn load(
+    cli: &Cli,
+    ram: &GuestRam,
+    devices: &DeviceManager,
+    entries: &[String],
+) -> anyhow::Result<(MachineShape, EntryPoint, Option<String>)> {
+    let kernel = cli.kernel.as_deref().context("--kernel is missing")?;
+    let acpi = cli.acpi.as_deref() != Some("off");
+    let mut cmdline = cli.cmdline.clone();
+    if !entries.is_empty() {
+        let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
+        cmdline = Some(format!("{base} {}", entries.join(" ")));
+    }
+    let options = LoadOptions {
+        load_addr: cli.load_addr,
+        entry: cli.entry,
+        boot: boot_protocol(cli.boot),
+        cmdline,
+        initrd: cli.initrd.clone(),
+        unpack_bzimage: cli.unpack_bzimage,
+        acpi_rsdp: acpi.then_some(vmm_memory::layout::ACPI_TABLES_START),
+    };
+    let image =
+        vmm_loader::load_image(ram, kernel, &options).map_err(crate::flag_hints::loader_error)?;
+    let pc = image.protocol.wants_pc_machine();
+    let irqchip = pc || cli.irqchip;
+    if cli.cpus > 1 && !irqchip {
+        bail!(
+            "--cpus {} needs the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip",
+            cli.cpus
+        );
+    }
+    if !devices.virtio.is_empty() && !irqchip {
+        bail!(
+            "virtio devices (--disk, --rng) need the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip"
+        );
+    }
+    if pc {
+        mptable::write(ram, cli.cpus, &devices.gsis())?;
+    }
+    let linux = matches!(image.protocol, BootProtocol::Pvh | BootProtocol::Linux64);
+    if cli.acpi.as_deref() == Some("on") && !linux {
+        bail!("--acpi on applies to Linux kernels only; this image boots as {:?}", image.protocol);
+    }
+    let acpi = acpi && linux;
+    if acpi {
+        let machine = AcpiMachine {
+            cpus: cli.cpus,
+            serial: Some((COM1_PORT, COM1_IRQ)),
+            virtio: devices.virtio.iter().map(|slot| (slot.addr, slot.gsi)).collect(),
+        };
+        vmm_loader::acpi::write(ram, &machine)?;
+    }
+    // Linux resets with a triple fault on purpose (reboot=t); a bare
+    // image that triple-faults has crashed.
+    let report_triple_faults = matches!(image.protocol, BootProtocol::Bare);
+    let shape = MachineShape { irqchip, acpi, report_triple_faults };
+    Ok((shape, image.entry, options.cmdline))
+}
+
 /// The letter of the guest's n-th virtio disk (vda, vdb, ...).
 fn disk_letter(index: usize) -> char {
     char::from(b'a' + (index % 26) as u8)
@@ -272,6 +336,62 @@ pub struct Machine {
     /// The control API's socket and the configuration it reports, with
     /// `--api-socket`.
     api: Option<(ApiSocket, serde_json::Value)>,
+    /// What a snapshot needs besides the VM and vCPUs.
+    snapshot: SnapshotParts,
+    /// Restored and not resumed: the vCPUs start parked, the devices
+    /// unserved, with the guest's clock as it was saved.
+    start_paused: Option<kvm_bindings::kvm_clock_data>,
+}
+
+/// The legacy devices a snapshot saves, as the machine holds them.
+pub type Legacy = LegacyDevices<DeviceRequests>;
+
+/// What a snapshot reads besides the VM and the vCPUs.
+pub struct SnapshotParts {
+    /// The configuration the machine was built from (`config.json`).
+    pub config: Cli,
+    /// The machine's shape.
+    pub shape: MachineShape,
+    /// The serial port.
+    pub serial: Arc<Serial>,
+    /// The i8042, fw_cfg and PCI host.
+    pub legacy: Legacy,
+}
+
+impl SnapshotParts {
+    /// The devices' state.
+    pub fn devices(&self) -> DevicesState {
+        DevicesState {
+            serial: self.serial.lock().unwrap_or_else(PoisonError::into_inner).state(),
+            i8042: self.legacy.i8042.lock().unwrap_or_else(PoisonError::into_inner).state(),
+            fw_cfg: self.legacy.fw_cfg.lock().unwrap_or_else(PoisonError::into_inner).state(),
+            pci_host: self
+                .legacy
+                .pci_host
+                .as_ref()
+                .map(|pci| pci.lock().unwrap_or_else(PoisonError::into_inner).state()),
+        }
+    }
+
+    fn restore(&self, devices: &DevicesState) -> anyhow::Result<()> {
+        self.legacy.i8042.lock().unwrap_or_else(PoisonError::into_inner).restore(&devices.i8042)?;
+        self.legacy.fw_cfg.lock().unwrap_or_else(PoisonError::into_inner).restore(&devices.fw_cfg);
+        match (&self.legacy.pci_host, devices.pci_host) {
+            (Some(pci), Some(address)) => {
+                pci.lock().unwrap_or_else(PoisonError::into_inner).restore(address)
+            }
+            (None, None) => {}
+            _ => bail!("the snapshot's PCI host does not match its configuration"),
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot being restored into the machine being built.
+struct Restoring {
+    state: MachineState,
+    memory: std::fs::File,
+    resume: bool,
 }
 
 impl Machine {
@@ -279,6 +399,32 @@ impl Machine {
     /// (RAM size, devices, image), so mistakes are reported even where KVM
     /// is unusable, then KVM.
     pub fn build(cli: &Cli) -> anyhow::Result<Machine> {
+        Machine::build_from(cli, None)
+    }
+
+    /// Builds the machine a snapshot holds (`--restore`): its configuration,
+    /// with the run options of `cli` (API socket, serial, seccomp, exit
+    /// statistics, logging, KVM device), its memory, VM, vCPU and device
+    /// state. Everything is read and checked before anything is built.
+    pub fn restore(cli: &Cli, option: &str) -> anyhow::Result<Machine> {
+        let option = crate::snapshot::parse_restore(option)?;
+        let Snapshot { config, state, memory } = crate::snapshot::read(&option.dir)
+            .with_context(|| format!("cannot restore {}", option.dir.display()))?;
+        let cli = Cli {
+            api_socket: cli.api_socket.clone(),
+            serial: cli.serial.clone(),
+            seccomp: cli.seccomp.clone(),
+            exit_stats: cli.exit_stats.clone(),
+            log_level: cli.log_level.clone(),
+            kvm_device: cli.kvm_device.clone(),
+            restore: None,
+            ..config
+        };
+        Machine::build_from(&cli, Some(Restoring { state, memory, resume: option.resume }))
+            .with_context(|| format!("cannot restore {}", option.dir.display()))
+    }
+
+    fn build_from(cli: &Cli, restoring: Option<Restoring>) -> anyhow::Result<Machine> {
         let control = Arc::new(RunControl::new());
         let sandbox = Sandbox::new(cli.seccomp == "on", cli.api_socket.is_some())
             .map_err(crate::flag_hints::vcpu_error)?;
@@ -288,65 +434,27 @@ impl Machine {
             BlockedSignals::block(&STOP_SIGNALS).context("cannot block the stop signals")?;
         let finished = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?);
 
-        let ram = GuestRam::new(cli.memory)?;
+        let ram = match &restoring {
+            Some(restoring) => GuestRam::from_file(cli.memory, &restoring.memory)?,
+            None => GuestRam::new(cli.memory)?,
+        };
         let mut devices = DeviceManager::new()?;
         let entries = add_virtio_devices(cli, &ram, &mut devices)?;
-        let acpi = cli.acpi.as_deref() != Some("off");
-        let mut cmdline = cli.cmdline.clone();
-        if !entries.is_empty() {
-            let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
-            cmdline = Some(format!("{base} {}", entries.join(" ")));
-        }
-        let options = LoadOptions {
-            load_addr: cli.load_addr,
-            entry: cli.entry,
-            boot: boot_protocol(cli.boot),
-            cmdline,
-            initrd: cli.initrd.clone(),
-            unpack_bzimage: cli.unpack_bzimage,
-            acpi_rsdp: acpi.then_some(vmm_memory::layout::ACPI_TABLES_START),
+        let (shape, entry, cmdline) = match &restoring {
+            Some(restoring) => (restoring.state.machine, None, cli.cmdline.clone()),
+            None => {
+                let (shape, entry, cmdline) = load(cli, &ram, &devices, &entries)?;
+                (shape, Some(entry), cmdline)
+            }
         };
-        let image = vmm_loader::load_image(&ram, &cli.kernel, &options)
-            .map_err(crate::flag_hints::loader_error)?;
-        let pc = image.protocol.wants_pc_machine();
-        let irqchip = pc || cli.irqchip;
-        if cli.cpus > 1 && !irqchip {
-            bail!(
-                "--cpus {} needs the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip",
-                cli.cpus
-            );
-        }
-        if !devices.virtio.is_empty() && !irqchip {
-            bail!(
-                "virtio devices (--disk, --rng) need the in-kernel irqchip: boot a Linux or multiboot kernel, or add --irqchip"
-            );
-        }
-        if pc {
-            mptable::write(&ram, cli.cpus, &devices.gsis())?;
-        }
-        let linux = matches!(image.protocol, BootProtocol::Pvh | BootProtocol::Linux64);
-        if cli.acpi.as_deref() == Some("on") && !linux {
-            bail!(
-                "--acpi on applies to Linux kernels only; this image boots as {:?}",
-                image.protocol
-            );
-        }
-        let acpi = acpi && linux;
-        if acpi {
-            let machine = AcpiMachine {
-                cpus: cli.cpus,
-                serial: Some((COM1_PORT, COM1_IRQ)),
-                virtio: devices.virtio.iter().map(|slot| (slot.addr, slot.gsi)).collect(),
-            };
-            vmm_loader::acpi::write(&ram, &machine)?;
-        }
+        let MachineShape { irqchip, acpi, report_triple_faults } = shape;
 
         // The last of the user's input: the socket exists from here until
         // the VMM exits (or this fails further on).
         let api = match &cli.api_socket {
             Some(option) => Some((
                 ApiSocket::bind(option)?,
-                crate::api::control::config_json(cli, options.cmdline.as_deref())?,
+                crate::api::control::config_json(cli, cmdline.as_deref())?,
             )),
             None => None,
         };
@@ -364,11 +472,19 @@ impl Machine {
 
         let stats_sink = cli.exit_stats.as_deref().map(StatsSink::open).transpose()?;
         let serial_room = EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?;
-        let serial = SerialPort::with_input_room(
-            EventFdTrigger::new()?,
-            serial_room.try_clone()?,
-            serial_output(&cli.serial)?,
-        );
+        let serial = match &restoring {
+            Some(restoring) => SerialPort::from_state(
+                &restoring.state.devices.serial,
+                EventFdTrigger::new()?,
+                Some(serial_room.try_clone()?),
+                serial_output(&cli.serial)?,
+            )?,
+            None => SerialPort::with_input_room(
+                EventFdTrigger::new()?,
+                serial_room.try_clone()?,
+                serial_output(&cli.serial)?,
+            ),
+        };
         if irqchip {
             vm.fd()
                 .register_irqfd(serial.interrupt().event_fd(), COM1_IRQ)
@@ -376,15 +492,14 @@ impl Machine {
         }
         let serial: Arc<Serial> = Arc::new(Mutex::new(serial));
         let requests = DeviceRequests(control.clone(), finished.clone());
-        let mut bus = legacy_bus(serial.clone(), requests.clone(), ram_size, cli.cpus)?;
+        let (mut bus, mut legacy) =
+            legacy_bus(serial.clone(), requests.clone(), ram_size, cli.cpus)?;
         if acpi {
-            add_acpi_pm(&mut bus, requests)?;
+            legacy.pci_host = Some(add_acpi_pm(&mut bus, requests)?);
         }
         devices.attach(vm.fd(), &mut bus)?;
-        // Linux resets with a triple fault on purpose (reboot=t); a bare
-        // image that triple-faults has crashed.
-        let bare = matches!(image.protocol, BootProtocol::Bare);
-        let dispatcher = Arc::new(Dispatcher::new(Arc::new(bus)).report_triple_faults(bare));
+        let dispatcher =
+            Arc::new(Dispatcher::new(Arc::new(bus)).report_triple_faults(report_triple_faults));
 
         let topology = CpuTopology { count: cli.cpus, pv_ipi: cli.kvm_pv_ipi };
         // Every vCPU exists and is set up before any runs: a guest may send
@@ -393,10 +508,18 @@ impl Machine {
         let mut vcpus = Vec::new();
         for index in 0..cli.cpus {
             let mut vcpu = vm.create_vcpu(&kvm, index, topology)?;
+            if let Some(restoring) = &restoring {
+                vcpu.restore_state(&restoring.state.vcpus[usize::from(index)])
+                    .with_context(|| format!("cannot restore vCPU {index}"))?;
+                vcpus.push(vcpu);
+                continue;
+            }
             vcpu.setup_platform(irqchip)?;
             // Secondary CPUs wait for INIT/SIPI from the guest (in-kernel LAPIC).
-            if index == 0 {
-                match image.entry {
+            if index == 0
+                && let Some(entry) = entry
+            {
+                match entry {
                     EntryPoint::RealMode { segment, ip } => vcpu.setup_real_mode(segment, ip)?,
                     EntryPoint::ProtectedMode { eip, ebx, eax } => {
                         vcpu.setup_protected_mode(eip, ebx, eax)?
@@ -405,6 +528,15 @@ impl Machine {
                 }
             }
             vcpus.push(vcpu);
+        }
+        let snapshot = SnapshotParts { config: cli.clone(), shape, serial: serial.clone(), legacy };
+        let mut start_paused = None;
+        if let Some(restoring) = &restoring {
+            vm.restore_state(&restoring.state.vm).context("cannot restore the VM's state")?;
+            snapshot.restore(&restoring.state.devices)?;
+            if !restoring.resume {
+                start_paused = Some(restoring.state.vm.clock);
+            }
         }
         Ok(Machine {
             vm,
@@ -419,6 +551,8 @@ impl Machine {
             stats_sink,
             exit_stats: cli.exit_stats.is_some(),
             api,
+            snapshot,
+            start_paused,
         })
     }
 
@@ -438,6 +572,8 @@ impl Machine {
             stats_sink,
             exit_stats,
             mut api,
+            snapshot,
+            start_paused,
         } = self;
         let mut event_loop = EventLoop::new(control.clone(), finished.try_clone()?)?;
         for slot in &devices.virtio {
@@ -449,6 +585,14 @@ impl Machine {
         let terminal = RawTerminal::enable();
         if !console::stdin_is_null() {
             event_loop.add_console_input(serial.clone(), serial_room, terminal.is_some());
+        }
+
+        // A restored machine starts paused unless told to resume: the vCPUs
+        // park before their first KVM_RUN and the devices wait.
+        if start_paused.is_some() {
+            control.gate().request_pause();
+            event_loop.pause_devices();
+            log::info!("restored paused: resume through the API (vm.resume)");
         }
 
         // Exit statistics are kept for --exit-stats, and for the API's
@@ -496,6 +640,14 @@ impl Machine {
                     .context("cannot spawn the API thread")?;
                 let mut controller =
                     Controller::new(&vm, &control, &kick_all, threads.len(), config.clone());
+                controller.snapshot = Some(&snapshot);
+                if !devices.virtio.is_empty() {
+                    controller.snapshot_unsupported =
+                        Some("snapshots of virtio devices are not implemented yet".into());
+                }
+                if let Some(clock) = start_paused {
+                    controller.start_paused(clock);
+                }
                 controller.devices =
                     devices.virtio.iter().map(|slot| (slot.id.as_str(), &slot.counters)).collect();
                 controller.exit_stats = all_stats.clone();
@@ -554,5 +706,8 @@ impl Machine {
 /// Builds the machine the command line describes, runs it to its end and
 /// returns how it ended.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    Machine::build(cli)?.run()
+    match &cli.restore {
+        Some(option) => Machine::restore(cli, option)?.run(),
+        None => Machine::build(cli)?.run(),
+    }
 }

@@ -11,6 +11,7 @@ mod devices;
 mod event_loop;
 mod flag_hints;
 mod machine;
+mod snapshot;
 
 use std::process::ExitCode;
 

@@ -155,6 +155,7 @@ const VMM_ONLY: &[libc::c_long] = &[
     // temporary names, writing and sizing them (a sparse memory file),
     // reading residency (mincore), and renaming them into place.
     libc::SYS_openat,
+    libc::SYS_mkdir,
     libc::SYS_mkdirat,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,

@@ -127,10 +127,14 @@ fn write_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<()> {
         let chunk = rest.len().min(kvm_bindings::KVM_MAX_MSR_ENTRIES);
         let written = fd.set_msrs(&msrs_of(&rest[..chunk])?).map_err(kvm_error("KVM_SET_MSRS"))?;
         let skip = if written < chunk {
-            log::warn!(
+            let refused = rest[written];
+            // A zero is what KVM resets most MSRs to: nothing is lost.
+            let level = if refused.data == 0 { log::Level::Debug } else { log::Level::Warn };
+            log::log!(
+                level,
                 "restore: KVM refuses MSR {:#x} = {:#x} here, left as it is",
-                rest[written].index,
-                rest[written].data
+                refused.index,
+                refused.data
             );
             written + 1
         } else {

@@ -9,7 +9,12 @@
 //! pass), the devices are served again, the vCPUs leave their wait and
 //! enter the guest where they left it. While paused, a vCPU thread can run
 //! a request on its vCPU ([`vmm_vcpu::pause::PauseGate::run_on`]): that is
-//! where a snapshot will read the vCPU state.
+//! where a snapshot reads the vCPU state.
+//!
+//! **Snapshot** (paused only): each vCPU's state is read on its own thread
+//! ([`vmm_vcpu::Vcpu::save_state`] through `run_on`), then the VM's (its
+//! clock as the pause found it), the devices', and the snapshot is written
+//! ([`crate::snapshot::write`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,10 +22,12 @@ use std::time::Duration;
 use kvm_bindings::kvm_clock_data;
 use serde_json::{Value, json};
 use vmm_dispatch::{ExitStats, Outcome, RunControl};
-use vmm_vcpu::Vm;
+use vmm_vcpu::{Vcpu, Vm};
 
-use super::{Action, ApiError, Reply};
+use super::{Action, ApiError, Reply, SnapshotConfig};
 use crate::event_loop::EventLoop;
+use crate::machine::SnapshotParts;
+use crate::snapshot::MachineState;
 
 /// How long a pause waits for every vCPU to park.
 const PARK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +51,10 @@ pub struct Controller<'a> {
     pub devices: Vec<(&'a str, &'a CounterSource)>,
     /// Each vCPU's exit statistics.
     pub exit_stats: Vec<Arc<Mutex<ExitStats>>>,
+    /// What a snapshot saves besides the VM and vCPUs.
+    pub snapshot: Option<&'a SnapshotParts>,
+    /// Why snapshots cannot be taken of this machine, if they cannot.
+    pub snapshot_unsupported: Option<String>,
     /// The guest's clock as the pause found it.
     clock: Option<kvm_clock_data>,
 }
@@ -65,8 +76,16 @@ impl<'a> Controller<'a> {
             config,
             devices: Vec::new(),
             exit_stats: Vec::new(),
+            snapshot: None,
+            snapshot_unsupported: None,
             clock: None,
         }
+    }
+
+    /// The VM starts paused (restored without `resume=on`), with the
+    /// guest's clock at `clock` until it is resumed.
+    pub fn start_paused(&mut self, clock: kvm_clock_data) {
+        self.clock = Some(clock);
     }
 
     /// Does what `action` asks and answers it.
@@ -81,7 +100,7 @@ impl<'a> Controller<'a> {
             Action::Snapshot(_) if !self.paused() => {
                 Err(ApiError::new(409, "the VM must be paused first"))
             }
-            Action::Snapshot(_) => Err(ApiError::new(501, "snapshots are not implemented yet")),
+            Action::Snapshot(config) => self.snapshot(&config),
             Action::Counters => Ok(Some(self.counters())),
             Action::Shutdown => {
                 self.control.finish(Outcome::Stopped {
@@ -138,6 +157,43 @@ impl<'a> Controller<'a> {
         event_loop.resume_devices();
         self.control.gate().resume();
         log::info!("VM resumed");
+        Ok(None)
+    }
+
+    fn snapshot(&mut self, config: &SnapshotConfig) -> Reply {
+        let dir = crate::snapshot::dir_of_url(&config.destination_url)
+            .map_err(|err| ApiError::new(400, format!("destination_url: {err}")))?;
+        if let Some(reason) = &self.snapshot_unsupported {
+            return Err(ApiError::new(501, reason));
+        }
+        let parts = self.snapshot.ok_or_else(|| ApiError::new(501, "no snapshot support"))?;
+        let failed = |err: &dyn std::fmt::Display| {
+            ApiError::new(500, format!("snapshot failed, nothing written: {err}"))
+        };
+        let gate = self.control.gate();
+        let mut vcpus = Vec::with_capacity(self.vcpus);
+        for index in 0..self.vcpus {
+            let index = u8::try_from(index).map_err(|err| failed(&err))?;
+            let state = gate
+                .run_on(index, PARK_TIMEOUT, |vcpu: &mut Vcpu| vcpu.save_state())
+                .ok_or_else(|| failed(&format!("vCPU {index} did not answer")))?
+                .map_err(|err| failed(&format!("vCPU {index}: {err}")))?;
+            vcpus.push(state);
+        }
+        let mut vm = self.vm.save_state().map_err(|err| failed(&err))?;
+        if let Some(clock) = self.clock {
+            // The clock the guest will see: as the pause stopped it.
+            vm.clock = clock;
+        }
+        let state = MachineState { machine: parts.shape, vm, vcpus, devices: parts.devices() };
+        let saved = crate::snapshot::write(&dir, &parts.config, &state, self.vm.ram())
+            .map_err(|err| failed(&format!("{err:#}")))?;
+        log::info!(
+            "snapshot written to {}: {} MiB of RAM, {} KiB of it not zero",
+            dir.display(),
+            saved.size >> 20,
+            saved.written >> 10
+        );
         Ok(None)
     }
 

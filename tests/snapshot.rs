@@ -1,0 +1,346 @@
+//! Snapshot and restore (`vm.snapshot`, `--restore`) with the counter
+//! guest (resources/guests/counter.S, `tick N` about every 200 ms): a
+//! restored guest continues from the tick where it was paused, without a
+//! second boot, from the same snapshot any number of times; a snapshot
+//! missing, truncated or corrupted file by file is refused with one error
+//! line and status 2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_vmm_error, guest, run_vmm, scratch_file};
+
+/// A running VMM with an API socket and its console in a file; killed if
+/// the test ends without shutting it down.
+struct Vmm {
+    child: Option<Child>,
+    socket: PathBuf,
+    serial: PathBuf,
+}
+
+impl Vmm {
+    /// The VMM with `args`, an API socket and its console to a file.
+    fn spawn(name: &str, args: &[&str]) -> Vmm {
+        let socket = scratch_file(&format!("{name}.sock"));
+        let serial = scratch_file(&format!("{name}.serial"));
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&serial);
+        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args(args)
+            .arg("--api-socket")
+            .arg(&socket)
+            .arg(format!("--serial=file:{}", serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the vmm binary");
+        let vmm = Vmm { child: Some(child), socket, serial };
+        let started = Instant::now();
+        while !vmm.socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(20), "no API socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm
+    }
+
+    /// The counter guest, booted.
+    fn boot(name: &str) -> Vmm {
+        let kernel = guest("counter.elf");
+        Vmm::spawn(name, &["--kernel", kernel.to_str().unwrap()])
+    }
+
+    /// The tick numbers the guest printed so far (whole lines only).
+    fn ticks(&self) -> Vec<u64> {
+        let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| line.strip_prefix("tick "))
+            .filter(|n| n.len() == 8)
+            .map(|n| u64::from_str_radix(n, 16).expect("a hex tick"))
+            .collect()
+    }
+
+    fn wait_for_ticks(&self, count: usize, limit: Duration) -> Vec<u64> {
+        let started = Instant::now();
+        loop {
+            let ticks = self.ticks();
+            if ticks.len() >= count {
+                return ticks;
+            }
+            assert!(started.elapsed() < limit, "the guest printed {ticks:?} in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ask(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        request(&self.socket, method, path, body)
+    }
+
+    fn put(&self, path: &str, body: Option<&str>) -> (u16, String) {
+        self.ask("PUT", path, body)
+    }
+
+    /// Pauses the guest and returns the ticks it printed.
+    fn pause(&self) -> Vec<u64> {
+        let (status, body) = self.put("/api/v1/vm.pause", None);
+        assert_eq!(status, 204, "{body}");
+        // The last tick's line may still be on its way to the file.
+        std::thread::sleep(Duration::from_millis(100));
+        self.ticks()
+    }
+
+    fn snapshot(&self, dir: &Path) {
+        let body = format!(r#"{{"destination_url": "file://{}"}}"#, dir.display());
+        let (status, answer) = self.put("/api/v1/vm.snapshot", Some(&body));
+        assert_eq!(status, 204, "{answer}");
+    }
+
+    /// Shuts the VMM down; it must exit with 0 and no complaint.
+    fn shutdown(mut self) {
+        let (status, body) = self.put("/api/v1/vmm.shutdown", None);
+        assert_eq!(status, 204, "{body}");
+        let mut child = self.child.take().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no exit after vmm.shutdown");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("WARN"), "{stderr}");
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        let _ = std::fs::remove_file(&self.serial);
+    }
+}
+
+/// One request over a new connection; the status and body of the answer.
+fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text:?}"));
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap();
+    (status, body.to_owned())
+}
+
+/// A fresh, empty scratch directory.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = scratch_file(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Boots the counter guest, lets it tick, pauses it and snapshots it into
+/// `dir`; returns the last tick before the pause.
+fn counter_snapshot(name: &str, dir: &Path) -> u64 {
+    let vmm = Vmm::boot(name);
+    vmm.wait_for_ticks(3, Duration::from_secs(30));
+    let ticks = vmm.pause();
+    vmm.snapshot(dir);
+    // Paused, nothing more printed; the snapshot changed nothing.
+    assert_eq!(vmm.ticks(), ticks);
+    vmm.shutdown();
+    *ticks.last().unwrap()
+}
+
+fn restore_arg(dir: &Path, resume: &str) -> String {
+    format!("source_url=file://{},resume={resume}", dir.display())
+}
+
+#[test]
+fn a_restored_counter_continues_where_it_was_paused_every_time() {
+    require_kvm!();
+    let dir = scratch_dir("snap-continue");
+    let last = counter_snapshot("continue-source", &dir);
+
+    // The snapshot: three files, guest memory sparse (128 MiB of RAM, of
+    // which the guest touched a few pages).
+    let memory = std::fs::metadata(dir.join("memory")).unwrap();
+    assert_eq!(memory.len(), 128 << 20);
+    assert!(memory.blocks() * 512 < 4 << 20, "memory takes {} KiB", memory.blocks() / 2);
+    assert!(dir.join("state").is_file() && dir.join("config.json").is_file());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["memory"], 128);
+
+    // Restored and resumed at once: the next tick is the one after the
+    // last before the pause, the guest did not boot again.
+    let restore = restore_arg(&dir, "on");
+    let vmm = Vmm::spawn("continue-first", &["--restore", &restore]);
+    let ticks = vmm.wait_for_ticks(3, Duration::from_secs(30));
+    let expected: Vec<u64> = (last + 1..).take(ticks.len()).collect();
+    assert_eq!(ticks, expected, "restored after tick {last}");
+    vmm.shutdown();
+
+    // The same snapshot again, paused by default until vm.resume.
+    let restore = format!("source_url=file://{}", dir.display());
+    let vmm = Vmm::spawn("continue-second", &["--restore", &restore]);
+    let (status, info) = vmm.ask("GET", "/api/v1/vm.info", None);
+    assert_eq!(status, 200);
+    assert!(info.contains(r#""state":"Paused""#), "{info}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(vmm.ticks(), Vec::<u64>::new(), "a paused restore ran");
+    let (status, body) = vmm.put("/api/v1/vm.resume", None);
+    assert_eq!(status, 204, "{body}");
+    let ticks = vmm.wait_for_ticks(2, Duration::from_secs(30));
+    assert_eq!(ticks[..2], [last + 1, last + 2]);
+    // A restored machine snapshots again.
+    vmm.pause();
+    let again = scratch_dir("snap-continue-again");
+    vmm.snapshot(&again);
+    vmm.shutdown();
+    assert!(again.join("state").is_file());
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(again).unwrap();
+}
+
+#[test]
+fn snapshot_requests_are_checked() {
+    require_kvm!();
+    let vmm = Vmm::boot("snapshot-requests");
+    vmm.wait_for_ticks(1, Duration::from_secs(30));
+    let dir = scratch_dir("snap-requests");
+    let body = format!(r#"{{"destination_url": "file://{}"}}"#, dir.display());
+    let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(&body));
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("paused first"), "{answer}");
+    vmm.pause();
+    for url in ["/tmp/x", "file://relative", "http://host/x"] {
+        let body = format!(r#"{{"destination_url": "{url}"}}"#);
+        let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(&body));
+        assert_eq!(status, 400, "{url}: {answer}");
+        assert!(answer.contains("file:///DIR"), "{answer}");
+    }
+    // A directory that cannot be made: an error, and nothing claimed.
+    let body = r#"{"destination_url": "file:///nonexistent/deeper/snap"}"#;
+    let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(body));
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("cannot create"), "{answer}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    vmm.shutdown();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Copies the snapshot in `from` to a fresh directory named `name`.
+fn copy_snapshot(from: &Path, name: &str) -> PathBuf {
+    let to = scratch_dir(name);
+    for file in ["config.json", "state", "memory"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+    to
+}
+
+fn refused(dir: &Path, problem: &str) {
+    let restore = restore_arg(dir, "on");
+    let run = run_vmm(&["--restore", &restore, "--serial", "stdout"]);
+    assert_vmm_error(&run, problem);
+}
+
+#[test]
+fn a_missing_truncated_or_corrupted_snapshot_is_refused() {
+    require_kvm!();
+    let good = scratch_dir("snap-corrupt");
+    counter_snapshot("corrupt-source", &good);
+
+    refused(&good.join("nowhere"), "cannot read");
+    for file in ["config.json", "state", "memory"] {
+        // Missing.
+        let dir = copy_snapshot(&good, &format!("snap-missing-{file}"));
+        std::fs::remove_file(dir.join(file)).unwrap();
+        refused(&dir, file);
+        // Truncated: to nothing, and by half.
+        for keep in [0, 2] {
+            let dir = copy_snapshot(&good, &format!("snap-truncated-{file}-{keep}"));
+            let len = std::fs::metadata(dir.join(file)).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(dir.join(file)).unwrap();
+            f.set_len(if keep == 0 { 0 } else { len / 2 }).unwrap();
+            refused(&dir, file);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+    let state = std::fs::read(good.join("state")).unwrap();
+    let corrupt = |name: &str, problem: &str, change: &dyn Fn(&mut Vec<u8>)| {
+        let dir = copy_snapshot(&good, name);
+        let mut bytes = state.clone();
+        change(&mut bytes);
+        std::fs::write(dir.join("state"), bytes).unwrap();
+        refused(&dir, problem);
+        std::fs::remove_dir_all(dir).unwrap();
+    };
+    corrupt("snap-bad-payload", "checksum mismatch", &|b| {
+        let at = b.len() / 2;
+        b[at] ^= 0x01;
+    });
+    corrupt("snap-bad-magic", "bad magic", &|b| b[0] = b'X');
+    corrupt("snap-bad-version", "format version 99 is not supported (this build reads 1)", &|b| {
+        b[8..12].copy_from_slice(&99u32.to_le_bytes())
+    });
+    corrupt("snap-trailing", "unexpected bytes", &|b| b.extend_from_slice(b"more"));
+    // A sound blob holding no machine state.
+    corrupt("snap-not-a-machine", "cannot decode the state", &|b| {
+        let payload = br#"{"machine": 1}"#;
+        b.truncate(24);
+        b[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        b[20..24].copy_from_slice(&crc32(payload).to_le_bytes());
+        b.extend_from_slice(payload);
+    });
+    // A configuration that is not one.
+    let dir = copy_snapshot(&good, "snap-bad-config");
+    std::fs::write(dir.join("config.json"), b"{\"memory\": \"lots\"}").unwrap();
+    refused(&dir, "config.json is not a usable configuration");
+    std::fs::remove_dir_all(dir).unwrap();
+    // Guest memory of another size than the configuration's.
+    let dir = copy_snapshot(&good, "snap-bad-memory");
+    let f = std::fs::OpenOptions::new().write(true).open(dir.join("memory")).unwrap();
+    f.set_len((128 << 20) + 4096).unwrap();
+    refused(&dir, "memory holds 134221824 bytes");
+    std::fs::remove_dir_all(dir).unwrap();
+    // Options that describe a machine do not go with --restore.
+    let restore = restore_arg(&good, "on");
+    let run = run_vmm(&["--restore", &restore, "--memory", "256"]);
+    run.assert_status(2);
+    assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+    std::fs::remove_dir_all(good).unwrap();
+}
+
+/// CRC32 (IEEE), bitwise: the state's checksum, for a hand-made blob.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
