@@ -109,7 +109,8 @@ pub fn payload(blob: &[u8]) -> Result<&[u8]> {
     let stored = u32::from_le_bytes(field(20..24).try_into().unwrap_or_default());
     let body = len - HEADER_LEN as u64;
     if body < announced {
-        return Err(Error::Truncated { len, need: HEADER_LEN as u64 + announced });
+        // A length near u64::MAX is truncation too, not an overflow.
+        return Err(Error::Truncated { len, need: announced.saturating_add(HEADER_LEN as u64) });
     }
     if body > announced {
         return Err(Error::TrailingBytes { extra: body - announced });
@@ -202,6 +203,15 @@ mod tests {
         let mut bad = blob;
         bad[20] ^= 1;
         assert!(matches!(decode::<State>(&bad).unwrap_err(), Error::Checksum { .. }));
+    }
+
+    #[test]
+    fn a_payload_length_near_the_top_of_u64_is_truncation() {
+        // Found by the fuzzer: the announced length plus the header overflowed.
+        let mut blob = encode(&state()).unwrap();
+        blob[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = decode::<State>(&blob).unwrap_err();
+        assert!(matches!(err, Error::Truncated { need: u64::MAX, .. }), "{err}");
     }
 
     #[test]
