@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_vmm_error, guest, run_vmm, scratch_file};
+use common::rootfs::root_disk_copy;
+use common::{assert_vmm_error, guest, linux_guest, run_vmm, scratch_file};
 
 /// A running VMM with an API socket and its console in a file; killed if
 /// the test ends without shutting it down.
 struct Vmm {
     child: Option<Child>,
+    /// The VMM's stdin: the guest's console input.
+    stdin: Option<std::process::ChildStdin>,
     socket: PathBuf,
     serial: PathBuf,
 }
@@ -37,12 +40,14 @@ impl Vmm {
             .arg("--api-socket")
             .arg(&socket)
             .arg(format!("--serial=file:{}", serial.display()))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the vmm binary");
-        let vmm = Vmm { child: Some(child), socket, serial };
+        let mut child = child;
+        let stdin = child.stdin.take();
+        let vmm = Vmm { child: Some(child), stdin, socket, serial };
         let started = Instant::now();
         while !vmm.socket.exists() {
             assert!(started.elapsed() < Duration::from_secs(20), "no API socket");
@@ -55,6 +60,27 @@ impl Vmm {
     fn boot(name: &str) -> Vmm {
         let kernel = guest("counter.elf");
         Vmm::spawn(name, &["--kernel", kernel.to_str().unwrap()])
+    }
+
+    /// What the guest printed so far.
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until the guest's console holds `text` `count` times.
+    fn wait_for(&self, text: &str, count: usize, limit: Duration) {
+        let started = Instant::now();
+        while self.console().matches(text).count() < count {
+            assert!(started.elapsed() < limit, "no {text:?} in {:?}", self.console());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `bytes` on the guest's console.
+    fn type_in(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
     }
 
     /// The tick numbers the guest printed so far (whole lines only).
@@ -331,6 +357,76 @@ fn a_missing_truncated_or_corrupted_snapshot_is_refused() {
     run.assert_status(2);
     assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
     std::fs::remove_dir_all(good).unwrap();
+}
+
+/// A busybox shell on the test Linux's root disk, a shell variable set at
+/// its prompt and a counter in the background: after pause, snapshot,
+/// shutdown and a restore in a new process, the counter goes on from its
+/// next number, and the shell still knows the variable and does arithmetic;
+/// nothing boots again. Once its disk is gone, the snapshot is refused.
+#[test]
+fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
+    require_kvm!();
+    let guest = linux_guest();
+    let root = root_disk_copy("snapshot-root.img");
+    let kernel = guest.file("vmlinux");
+    let cmdline = format!("{} root=/dev/vda rw", guest.cmdline);
+    let disk = format!("path={}", root.display());
+    let mut vmm = Vmm::spawn(
+        "linux-source",
+        &["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk],
+    );
+    let boot = Duration::from_secs(600);
+    // Bytes sent before the guest's serial driver is up are lost: wait for
+    // the shell's prompt.
+    vmm.wait_for("# ", 1, boot);
+    vmm.type_in(
+        b"SNAPVAR=kept-across; (i=0; while :; do i=$((i+1)); echo count-$i; sleep 1; done) &\n",
+    );
+    vmm.wait_for("count-3\r\n", 1, Duration::from_secs(120));
+    let (status, body) = vmm.put("/api/v1/vm.pause", None);
+    assert_eq!(status, 204, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    let at_pause = vmm.console();
+    let last = counts(&at_pause).last().copied().unwrap();
+    let dir = scratch_dir("snap-linux");
+    vmm.snapshot(&dir);
+    vmm.shutdown();
+    let memory = std::fs::metadata(dir.join("memory")).unwrap();
+    eprintln!(
+        "Linux snapshot: {} MiB of RAM in {} MiB on disk, state {} bytes",
+        memory.len() >> 20,
+        (memory.blocks() * 512) >> 20,
+        std::fs::metadata(dir.join("state")).unwrap().len()
+    );
+
+    let restore = restore_arg(&dir, "on");
+    let mut vmm = Vmm::spawn("linux-restored", &["--restore", &restore]);
+    let started = Instant::now();
+    while counts(&vmm.console()).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no count: {}", vmm.console());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = counts(&vmm.console());
+    assert_eq!(after[..2], [last + 1, last + 2], "paused after count-{last}");
+    vmm.type_in(b"echo var=$SNAPVAR answer=$((6*7))\n");
+    vmm.wait_for("var=kept-across answer=42", 1, Duration::from_secs(60));
+    let console = vmm.console();
+    assert!(!console.contains("Linux version"), "the guest booted again: {console}");
+    vmm.shutdown();
+    // Without its disk the snapshot is refused, before anything runs.
+    std::fs::remove_file(&root).unwrap();
+    refused(&dir, &format!("cannot open {}", root.display()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The numbers of the guest's complete `count-N` lines.
+fn counts(console: &str) -> Vec<u64> {
+    console
+        .split('\n')
+        .filter_map(|line| line.trim_end_matches('\r').strip_prefix("count-"))
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// CRC32 (IEEE), bitwise: the state's checksum, for a hand-made blob.

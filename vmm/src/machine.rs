@@ -356,6 +356,8 @@ pub struct SnapshotParts {
     pub serial: Arc<Serial>,
     /// The i8042, fw_cfg and PCI host.
     pub legacy: Legacy,
+    /// The virtio-mmio transports, in slot order.
+    pub virtio: Vec<Arc<Mutex<dyn vmm_virtio::TransportPersist>>>,
 }
 
 impl SnapshotParts {
@@ -370,6 +372,11 @@ impl SnapshotParts {
                 .pci_host
                 .as_ref()
                 .map(|pci| pci.lock().unwrap_or_else(PoisonError::into_inner).state()),
+            virtio: self
+                .virtio
+                .iter()
+                .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner).save_state())
+                .collect(),
         }
     }
 
@@ -382,6 +389,16 @@ impl SnapshotParts {
             }
             (None, None) => {}
             _ => bail!("the snapshot's PCI host does not match its configuration"),
+        }
+        if devices.virtio.len() != self.virtio.len() {
+            bail!(
+                "the snapshot's state has {} virtio devices, its configuration {}",
+                devices.virtio.len(),
+                self.virtio.len()
+            );
+        }
+        for (transport, state) in self.virtio.iter().zip(&devices.virtio) {
+            transport.lock().unwrap_or_else(PoisonError::into_inner).restore_state(state)?;
         }
         Ok(())
     }
@@ -529,7 +546,13 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        let snapshot = SnapshotParts { config: cli.clone(), shape, serial: serial.clone(), legacy };
+        let snapshot = SnapshotParts {
+            config: cli.clone(),
+            shape,
+            serial: serial.clone(),
+            legacy,
+            virtio: devices.virtio.iter().map(|slot| slot.persist.clone()).collect(),
+        };
         let mut start_paused = None;
         if let Some(restoring) = &restoring {
             vm.restore_state(&restoring.state.vm).context("cannot restore the VM's state")?;
@@ -641,10 +664,8 @@ impl Machine {
                 let mut controller =
                     Controller::new(&vm, &control, &kick_all, threads.len(), config.clone());
                 controller.snapshot = Some(&snapshot);
-                if !devices.virtio.is_empty() {
-                    controller.snapshot_unsupported =
-                        Some("snapshots of virtio devices are not implemented yet".into());
-                }
+                controller.snapshot_unsupported =
+                    devices.virtio.iter().find_map(|slot| slot.snapshot_unsupported.clone());
                 if let Some(clock) = start_paused {
                     controller.start_paused(clock);
                 }

@@ -12,7 +12,7 @@ pub mod testing;
 pub mod vsock;
 
 pub use device::{Interrupt, QueueNotify, VirtioDevice, drain_queue, queue_pending};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, MmioTransportState, QueueState, TransportPersist};
 pub use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 /// The guest memory every device and the transport work on.
@@ -67,6 +67,14 @@ pub enum Error {
         size: u16,
         /// What virtio-queue reported.
         source: virtio_queue::Error,
+    },
+    /// A saved transport state that does not fit the device.
+    #[error("invalid saved state of virtio device {device}: {reason}")]
+    InvalidState {
+        /// The device type.
+        device: u32,
+        /// What is wrong.
+        reason: String,
     },
 }
 

@@ -493,6 +493,144 @@ impl<D: VirtioDevice> MutDeviceMmio for MmioTransport<D> {
     }
 }
 
+/// One queue's registers and ring positions, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueState {
+    /// QueueNum as the driver wrote it.
+    pub size: u16,
+    /// Descriptor table, available and used ring addresses.
+    pub desc: u64,
+    /// The available ring.
+    pub avail: u64,
+    /// The used ring.
+    pub used: u64,
+    /// QueueReady.
+    pub ready: bool,
+    /// The next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// The next used-ring entry the device will fill.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX is on for the queue.
+    pub event_idx: bool,
+}
+
+/// A virtio-mmio transport's registers and queues, as a snapshot keeps
+/// them (the device's configuration comes from the machine's).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioTransportState {
+    /// The device type, checked on restore.
+    pub device_type: u32,
+    /// The status register.
+    pub status: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// DeviceFeaturesSel, DriverFeaturesSel, QueueSel.
+    pub selects: [u32; 3],
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Each queue.
+    pub queues: Vec<QueueState>,
+}
+
+/// Saving and restoring a transport through a type-erased handle.
+pub trait TransportPersist: Send {
+    /// The registers and queues (the device must be quiescent: the VM
+    /// paused, its queues not being served).
+    fn save_state(&self) -> MmioTransportState;
+    /// Takes `state` into a fresh transport of the same device: the queues
+    /// are set up and checked against guest RAM as the driver's QueueReady
+    /// would, the device is activated with the accepted features when the
+    /// state is live (DRIVER_OK), a pending interrupt is raised again and
+    /// every ready queue is notified once (buffers the driver made
+    /// available while the snapshot's VM was pausing are served).
+    fn restore_state(&mut self, state: &MmioTransportState) -> Result<()>;
+}
+
+impl<D: VirtioDevice> TransportPersist for MmioTransport<D> {
+    fn save_state(&self) -> MmioTransportState {
+        MmioTransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            selects: [self.device_features_select, self.driver_features_select, self.queue_select],
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self
+                .queues
+                .iter()
+                .map(|slot| QueueState {
+                    size: slot.size,
+                    desc: slot.desc,
+                    avail: slot.avail,
+                    used: slot.used,
+                    ready: slot.queue.ready(),
+                    next_avail: slot.queue.next_avail(),
+                    next_used: slot.queue.next_used(),
+                    event_idx: slot.queue.event_idx_enabled(),
+                })
+                .collect(),
+        }
+    }
+
+    fn restore_state(&mut self, state: &MmioTransportState) -> Result<()> {
+        let device = self.device.device_type();
+        let invalid = |reason: String| Error::InvalidState { device, reason };
+        if state.device_type != device {
+            return Err(invalid(format!("saved as device type {}", state.device_type)));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(invalid(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            )));
+        }
+        if state.driver_features & !self.device.features() != 0 {
+            return Err(invalid(format!(
+                "accepted features {:#x} the device does not offer ({:#x})",
+                state.driver_features,
+                self.device.features()
+            )));
+        }
+        for (index, (slot, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            slot.reset();
+            (slot.size, slot.desc, slot.avail, slot.used) =
+                (saved.size, saved.desc, saved.avail, saved.used);
+            if saved.ready && !slot.make_ready(&self.mem) {
+                return Err(invalid(format!(
+                    "queue {index} (size {}, rings at {:#x}/{:#x}/{:#x}) does not fit guest RAM",
+                    saved.size, saved.desc, saved.avail, saved.used
+                )));
+            }
+            slot.queue.set_next_avail(saved.next_avail);
+            slot.queue.set_next_used(saved.next_used);
+            slot.queue.set_event_idx(saved.event_idx);
+        }
+        [self.device_features_select, self.driver_features_select, self.queue_select] =
+            state.selects;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.interrupt_status = 0;
+        if self.driver_ok() {
+            self.device.activate(self.driver_features);
+        }
+        if state.interrupt_status != 0 {
+            self.raise(state.interrupt_status);
+        }
+        if self.driver_ok() {
+            for index in 0..self.queues.len() {
+                if self.queues[index].queue.ready() {
+                    self.notify(index);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An interrupt that does nothing, for a transport whose driver polls.
 #[derive(Debug, Default)]
 pub struct NoInterrupt;
@@ -583,6 +721,51 @@ mod tests {
             assert_eq!(read_reg(&mut t, 0x60) & VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_CONFIG);
             assert_eq!(irq.count(), 1);
         }
+    }
+
+    #[test]
+    fn a_restored_transport_continues_the_rings_where_the_saved_one_was() {
+        let (mut t, _, mem) = rng_transport();
+        assert!(negotiate(&mut t, FEATURES));
+        let mut queue = TestQueue::new(16, 0x1000);
+        queue.install(&mut t, 0);
+        driver_ok(&mut t);
+        queue.add_chain(&mem, &[(0x10000, 8, true)]);
+        write_reg(&mut t, 0x50, 0);
+        assert_eq!(queue.take_used(&mem), vec![(0, 8)]);
+        // Made available, not served yet when the snapshot is taken.
+        queue.add_chain(&mem, &[(0x11000, 4, true)]);
+        let state = t.save_state();
+        assert_eq!((state.queues[0].next_avail, state.queues[0].next_used), (1, 1));
+        assert_eq!(state.interrupt_status, VIRTIO_MMIO_INT_VRING);
+        let json = serde_json::to_string(&state).unwrap();
+        let state: MmioTransportState = serde_json::from_str(&json).unwrap();
+
+        // A fresh transport on the same memory: live at once, the pending
+        // interrupt raised again, the waiting buffer served.
+        let irq = CountingInterrupt::default();
+        let device = Rng::new(std::io::repeat(0xcd));
+        let mut restored = MmioTransport::new(device, mem.clone(), Box::new(irq.clone())).unwrap();
+        restored.restore_state(&state).unwrap();
+        assert_eq!(read_reg(&mut restored, 0x70), state.status);
+        assert_eq!(restored.acked_features(), FEATURES);
+        assert_eq!(read_reg(&mut restored, 0x60), VIRTIO_MMIO_INT_VRING);
+        assert!(irq.count() >= 1);
+        assert_eq!(queue.take_used(&mem), vec![(1, 4)]);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x11000)).unwrap(), 0xcd);
+        assert_eq!(restored.save_state().queues[0].next_used, 2);
+
+        // States that do not fit are refused.
+        let (mut other, _, _) = rng_transport();
+        let mut bad = state.clone();
+        bad.device_type = 2;
+        assert!(other.restore_state(&bad).unwrap_err().to_string().contains("device type 2"));
+        let mut bad = state.clone();
+        bad.queues[0].desc = 0xff_fff0;
+        assert!(other.restore_state(&bad).unwrap_err().to_string().contains("does not fit"));
+        let mut bad = state;
+        bad.queues.push(bad.queues[0].clone());
+        assert!(other.restore_state(&bad).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use vmm_devices::fw_cfg::FwCfgState;
 use vmm_devices::i8042::I8042State;
 use vmm_devices::serial::SerialPortState;
 use vmm_vcpu::state::{VcpuState, VmState};
+use vmm_virtio::MmioTransportState;
 
 /// Everything but guest RAM and the configuration.
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,4 +46,8 @@ pub struct DevicesState {
     pub fw_cfg: FwCfgState,
     /// The PCI host's address register, with ACPI.
     pub pci_host: Option<u32>,
+    /// Each virtio-mmio transport, in slot order (block and rng devices
+    /// hold nothing else: their configuration comes from config.json).
+    #[serde(default)]
+    pub virtio: Vec<MmioTransportState>,
 }
