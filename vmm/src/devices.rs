@@ -33,10 +33,6 @@ use vmm_virtio::{
 };
 
 use crate::api::control::CounterSource;
-
-/// The virtio device ids of net and vsock (virtio 1.2, 5 Device Types).
-const VIRTIO_ID_NET: u32 = 1;
-const VIRTIO_ID_VSOCK: u32 = 19;
 use crate::machine::Serial;
 
 /// A device's counters as JSON (for the control API's `vm.counters`).
@@ -117,8 +113,6 @@ pub struct VirtioSlot {
     transport: Arc<Mutex<dyn QueueNotify>>,
     /// Its registers and queues for a snapshot.
     pub persist: Arc<Mutex<dyn TransportPersist>>,
-    /// Why a snapshot cannot hold it yet, if it cannot.
-    pub snapshot_unsupported: Option<String>,
     window: Arc<dyn DeviceMmio + Send + Sync>,
     interrupt: EventFd,
     /// One eventfd per queue, signalled by KVM (ioeventfd) or the transport.
@@ -174,7 +168,6 @@ impl DeviceManager {
             .map_err(|err| anyhow::anyhow!("no room for another virtio-mmio device: {err}"))?;
         let interrupt = EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?;
         let queues = device.queue_max_sizes().len();
-        let device_type = device.device_type();
         let notifiers = (0..queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<std::io::Result<Vec<_>>>()
@@ -198,10 +191,6 @@ impl DeviceManager {
             gsi,
             transport: transport.clone(),
             persist: transport.clone(),
-            // Net and vsock hold buffers taken off their rings (and vsock
-            // host connections) that a snapshot does not save yet.
-            snapshot_unsupported: matches!(device_type, VIRTIO_ID_NET | VIRTIO_ID_VSOCK)
-                .then(|| format!("snapshots of {name} are not implemented yet")),
             window: transport,
             interrupt,
             notifiers,

@@ -664,8 +664,6 @@ impl Machine {
                 let mut controller =
                     Controller::new(&vm, &control, &kick_all, threads.len(), config.clone());
                 controller.snapshot = Some(&snapshot);
-                controller.snapshot_unsupported =
-                    devices.virtio.iter().find_map(|slot| slot.snapshot_unsupported.clone());
                 if let Some(clock) = start_paused {
                     controller.start_paused(clock);
                 }

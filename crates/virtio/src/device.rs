@@ -60,6 +60,19 @@ pub trait VirtioDevice: Send {
     /// setting a tap's offloads: such threads are sandboxed tightly.
     fn reset(&mut self) {}
 
+    /// How many chains of queue `index` the device holds off the ring,
+    /// taken in ring order and not used yet (receive buffers waiting for
+    /// data): a snapshot saves the queue's next available entry that many
+    /// entries back, so the restored device takes them again. Default none.
+    fn held_chains(&self, index: usize) -> u16 {
+        let _ = index;
+        0
+    }
+
+    /// The transport restored a snapshot's state into this device (after
+    /// `activate`, before its queues are served again). Default nothing.
+    fn restored(&mut self) {}
+
     /// Host descriptors the device wants watched for reading, besides its
     /// queues (e.g. a tap device), in a fixed order. Watch them
     /// edge-triggered: a device serves each until it would block or has no

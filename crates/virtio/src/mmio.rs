@@ -560,13 +560,19 @@ impl<D: VirtioDevice> TransportPersist for MmioTransport<D> {
             queues: self
                 .queues
                 .iter()
-                .map(|slot| QueueState {
+                .enumerate()
+                .map(|(index, slot)| QueueState {
                     size: slot.size,
                     desc: slot.desc,
                     avail: slot.avail,
                     used: slot.used,
                     ready: slot.queue.ready(),
-                    next_avail: slot.queue.next_avail(),
+                    // Chains the device holds go back to the ring: the
+                    // restored device takes them again.
+                    next_avail: slot
+                        .queue
+                        .next_avail()
+                        .wrapping_sub(self.device.held_chains(index)),
                     next_used: slot.queue.next_used(),
                     event_idx: slot.queue.event_idx_enabled(),
                 })
@@ -616,6 +622,7 @@ impl<D: VirtioDevice> TransportPersist for MmioTransport<D> {
         self.interrupt_status = 0;
         if self.driver_ok() {
             self.device.activate(self.driver_features);
+            self.device.restored();
         }
         if state.interrupt_status != 0 {
             self.raise(state.interrupt_status);

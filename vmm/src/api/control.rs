@@ -53,8 +53,6 @@ pub struct Controller<'a> {
     pub exit_stats: Vec<Arc<Mutex<ExitStats>>>,
     /// What a snapshot saves besides the VM and vCPUs.
     pub snapshot: Option<&'a SnapshotParts>,
-    /// Why snapshots cannot be taken of this machine, if they cannot.
-    pub snapshot_unsupported: Option<String>,
     /// The guest's clock as the pause found it.
     clock: Option<kvm_clock_data>,
 }
@@ -77,7 +75,6 @@ impl<'a> Controller<'a> {
             devices: Vec::new(),
             exit_stats: Vec::new(),
             snapshot: None,
-            snapshot_unsupported: None,
             clock: None,
         }
     }
@@ -163,9 +160,6 @@ impl<'a> Controller<'a> {
     fn snapshot(&mut self, config: &SnapshotConfig) -> Reply {
         let dir = crate::snapshot::dir_of_url(&config.destination_url)
             .map_err(|err| ApiError::new(400, format!("destination_url: {err}")))?;
-        if let Some(reason) = &self.snapshot_unsupported {
-            return Err(ApiError::new(501, reason));
-        }
         let parts = self.snapshot.ok_or_else(|| ApiError::new(501, "no snapshot support"))?;
         let failed = |err: &dyn std::fmt::Display| {
             ApiError::new(500, format!("snapshot failed, nothing written: {err}"))

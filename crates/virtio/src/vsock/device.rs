@@ -58,6 +58,9 @@ pub struct VsockCounters {
     pub timeouts: u64,
 }
 
+/// The event id of a transport reset (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+
 /// A virtio vsock device whose host side is Unix sockets (Firecracker's
 /// hybrid vsock).
 #[derive(Debug)]
@@ -69,6 +72,9 @@ pub struct Vsock {
     /// Event-queue buffers, held (they are for transport resets, which
     /// only a restored snapshot has).
     event_heads: Vec<u16>,
+    /// Restored from a snapshot: the guest's connections are gone, and the
+    /// next event buffer tells it so (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET).
+    transport_reset: bool,
     /// Signalled when the device stopped with work left.
     resume: EventFd,
 }
@@ -98,6 +104,7 @@ impl Vsock {
             muxer,
             rx_chains: VecDeque::new(),
             event_heads: Vec::new(),
+            transport_reset: false,
             resume,
         })
     }
@@ -252,6 +259,28 @@ impl Vsock {
         let mut used = false;
         for _ in 0..queue.size() {
             let Some(chain) = queue.iter(mem)?.next() else { break };
+            if self.transport_reset {
+                // struct virtio_vsock_event { le32 id; }, id 0: the
+                // transport was reset (virtio 1.2, 5.10.6.5).
+                let head = chain.head_index();
+                let written = chain
+                    .clone()
+                    .find(|desc| desc.is_write_only() && desc.len() >= 4)
+                    .is_some_and(|desc| {
+                        vm_memory::Bytes::write_obj(
+                            mem,
+                            VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
+                            desc.addr(),
+                        )
+                        .is_ok()
+                    });
+                if written {
+                    self.transport_reset = false;
+                }
+                queue.add_used(mem, head, if written { 4 } else { 0 })?;
+                used = true;
+                continue;
+            }
             if self.event_heads.len() < usize::from(queue.size()) {
                 self.event_heads.push(chain.head_index());
             } else {
@@ -313,7 +342,27 @@ impl VirtioDevice for Vsock {
         }
     }
 
+    fn held_chains(&self, index: usize) -> u16 {
+        // Receive chains are taken and filled in ring order (one that
+        // cannot be filled yet goes back to the front); event buffers are
+        // held in ring order.
+        let held = match index {
+            RX_QUEUE => self.rx_chains.len(),
+            EVENT_QUEUE => self.event_heads.len(),
+            _ => 0,
+        };
+        u16::try_from(held).unwrap_or(u16::MAX)
+    }
+
+    fn restored(&mut self) {
+        // A restored device has no connections (the host side's sockets
+        // did not survive): the guest resets its own at the next event
+        // buffer, as Firecracker does.
+        self.transport_reset = true;
+    }
+
     fn reset(&mut self) {
+        self.transport_reset = false;
         self.muxer.reset();
         self.rx_chains.clear();
         self.event_heads.clear();

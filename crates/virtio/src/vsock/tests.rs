@@ -1399,3 +1399,31 @@ fn a_driver_posting_more_buffers_than_its_ring_holds_is_not_pending_work() {
     rig.pump();
     assert_eq!(rig.inbox.pop_front().map(|pkt| pkt.op), Some(OP_RST));
 }
+
+#[test]
+fn a_restored_vsock_tells_the_guest_its_transport_was_reset() {
+    use crate::TransportPersist;
+    let rig = Rig::new();
+    // The device holds the 8 event buffers and the receive buffers it took.
+    let held_rx = rig.device().held_chains(RX_QUEUE);
+    assert_eq!(rig.device().held_chains(EVENT_QUEUE), 8);
+    assert!(held_rx > 0);
+    let state = rig.transport.save_state();
+    // Saved as not taken: the restored device takes them again.
+    assert_eq!(state.queues[EVENT_QUEUE].next_avail, 0);
+    assert_eq!(state.queues[RX_QUEUE].next_avail, rig.avail_idx(RX_QUEUE).wrapping_sub(held_rx));
+    let mem = rig.mem.clone();
+    mem.write_obj(0xffff_ffffu32, GuestAddress(0x3_8000)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let device = Vsock::new(GUEST_CID, dir.as_path().join("restored.sock")).unwrap();
+    let mut restored = MmioTransport::new(device, mem.clone(), Box::new(NoInterrupt)).unwrap();
+    restored.restore_state(&state).unwrap();
+    // The first event buffer carries VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    // (id 0, 4 bytes); the other 7 are held again.
+    let mut ev = TestQueue::new(QUEUE_SIZE, EV_RING);
+    assert_eq!(ev.take_used(&mem), vec![(0, 4)]);
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3_8000)).unwrap(), 0);
+    assert_eq!(restored.device().held_chains(EVENT_QUEUE), 7);
+    assert_eq!(restored.device().held_chains(RX_QUEUE), held_rx);
+    assert_eq!(restored.device().connections(), 0);
+}
