@@ -543,8 +543,9 @@ pub trait TransportPersist: Send {
     /// are set up and checked against guest RAM as the driver's QueueReady
     /// would, the device is activated with the accepted features when the
     /// state is live (DRIVER_OK), a pending interrupt is raised again and
-    /// every ready queue is notified once (buffers the driver made
-    /// available while the snapshot's VM was pausing are served).
+    /// every ready queue is served once, on the caller's thread (buffers
+    /// the driver made available while the snapshot's VM was pausing, and
+    /// what the device has to tell the guest first).
     fn restore_state(&mut self, state: &MmioTransportState) -> Result<()>;
 }
 
@@ -628,10 +629,11 @@ impl<D: VirtioDevice> TransportPersist for MmioTransport<D> {
             self.raise(state.interrupt_status);
         }
         if self.driver_ok() {
+            // Served here, before the guest runs again: what a device has
+            // to tell the guest at once (vsock's transport reset) is there
+            // before anything new happens.
             for index in 0..self.queues.len() {
-                if self.queues[index].queue.ready() {
-                    self.notify(index);
-                }
+                self.queue_notify(index);
             }
         }
         Ok(())
