@@ -32,11 +32,24 @@ struct Vmm {
 impl Vmm {
     /// The VMM with `args`, an API socket and its console to a file.
     fn spawn(name: &str, args: &[&str]) -> Vmm {
+        Vmm::spawn_in(None, name, args)
+    }
+
+    /// Like `spawn`, inside the network namespace `netns` if given.
+    fn spawn_in(netns: Option<&str>, name: &str, args: &[&str]) -> Vmm {
         let socket = scratch_file(&format!("{name}.sock"));
         let serial = scratch_file(&format!("{name}.serial"));
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&serial);
-        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vmm")]);
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vmm")),
+        };
+        let child = command
             .args(args)
             .arg("--api-socket")
             .arg(&socket)
@@ -505,6 +518,82 @@ fn linux_restored_with_vsock_serves_new_connections() {
         reads.iter().any(|read| read["address"] == 0xd000_1100u64),
         "no CID read after restore: {counters}"
     );
+    vmm.shutdown();
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_file(root).unwrap();
+}
+
+/// A network namespace of the test's own, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let name = format!("{name}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            assert!(Command::new("ip").args(args).status().expect("run ip").success(), "{args:?}")
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// Linux with virtio-net on a tap (in a namespace of the test's own): its
+/// pings to the host side are answered before the snapshot and, restored
+/// in a new process that made the tap again by its name, after it.
+#[test]
+fn linux_restored_with_a_tap_answers_on_the_network_again() {
+    require_kvm!();
+    let guest = linux_guest();
+    let root = root_disk_copy("snapshot-net-root.img");
+    // The guest pings the host side of the tap every second.
+    let script = "ip addr add 169.254.11.2/30 dev eth0 && ip link set eth0 up && echo VMM-NET-UP\n\
+        i=0; while :; do i=$((i+1)); if ping -c 1 -W 1 169.254.11.1 >/dev/null 2>&1; \
+        then echo net-ok-$i; else echo net-lost-$i; fi; sleep 1; done\n";
+    put_file(&root, "/test.sh", script.as_bytes(), 0o755);
+    let netns = Netns::new("vmm-snapshot");
+    let kernel = guest.file("vmlinux");
+    let cmdline = format!("{} root=/dev/vda rw", guest.cmdline);
+    let disk = format!("path={}", root.display());
+    let net = "tap=snaptap0,mac=06:00:a9:fe:0b:02,ip=169.254.11.1,mask=255.255.255.252";
+    let args = [
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "256",
+        "--disk",
+        &disk,
+        "--net",
+        net,
+    ];
+    let vmm = Vmm::spawn_in(Some(&netns.0), "net-source", &args);
+    vmm.wait_for("VMM-NET-UP", 1, Duration::from_secs(600));
+    vmm.wait_for("net-ok-", 2, Duration::from_secs(120));
+    let (status, body) = vmm.put("/api/v1/vm.pause", None);
+    assert_eq!(status, 204, "{body}");
+    let dir = scratch_dir("snap-net");
+    vmm.snapshot(&dir);
+    vmm.shutdown();
+
+    let restore = restore_arg(&dir, "on");
+    let vmm = Vmm::spawn_in(Some(&netns.0), "net-restored", &["--restore", &restore]);
+    // The restored console starts empty: new answers come through the tap
+    // the restored VMM made again.
+    vmm.wait_for("net-ok-", 2, Duration::from_secs(60));
+    let (status, counters) = vmm.ask("GET", "/api/v1/vm.counters", None);
+    assert_eq!(status, 200);
+    let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    let net0 = &counters["devices"]["net0"];
+    assert!(net0["rx_frames"].as_u64().unwrap() > 0 && net0["tx_frames"].as_u64().unwrap() > 0);
+    assert!(!vmm.console().contains("Linux version"), "booted again: {}", vmm.console());
     vmm.shutdown();
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_file(root).unwrap();
