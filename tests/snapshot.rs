@@ -423,6 +423,13 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     }
     let after = counts(&vmm.console());
     assert_eq!(after[..2], [last + 1, last + 2], "paused after count-{last}");
+    // vm.info reports the machine as it was booted, virtio entries and all.
+    let (status, info) = vmm.ask("GET", "/api/v1/vm.info", None);
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["config"]["disks"][0]["path"], root.to_str().unwrap());
+    let cmdline_seen = info["config"]["payload"]["cmdline"].as_str().unwrap();
+    assert!(cmdline_seen.contains("virtio_mmio.device=4K@0xd0000000:5"), "{cmdline_seen}");
     vmm.type_in(b"echo var=$SNAPVAR answer=$((6*7))\n");
     vmm.wait_for("var=kept-across answer=42", 1, Duration::from_secs(60));
     let console = vmm.console();

@@ -249,6 +249,16 @@ fn add_virtio_devices(
     Ok(entries)
 }
 
+/// The kernel command line: `--cmdline` (or the default, when virtio
+/// devices must be named) with the virtio devices' entries.
+fn guest_cmdline(cli: &Cli, entries: &[String]) -> Option<String> {
+    if entries.is_empty() {
+        return cli.cmdline.clone();
+    }
+    let base = cli.cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
+    Some(format!("{base} {}", entries.join(" ")))
+}
+
 /// Loads the image the command line names into `ram` with the boot data
 /// its protocol needs (MP table, ACPI tables); returns the machine's shape,
 /// the entry point and the command line the guest got.
@@ -260,11 +270,7 @@ fn load(
 ) -> anyhow::Result<(MachineShape, EntryPoint, Option<String>)> {
     let kernel = cli.kernel.as_deref().context("--kernel is missing")?;
     let acpi = cli.acpi.as_deref() != Some("off");
-    let mut cmdline = cli.cmdline.clone();
-    if !entries.is_empty() {
-        let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
-        cmdline = Some(format!("{base} {}", entries.join(" ")));
-    }
+    let cmdline = guest_cmdline(cli, entries);
     let options = LoadOptions {
         load_addr: cli.load_addr,
         entry: cli.entry,
@@ -458,7 +464,8 @@ impl Machine {
         let mut devices = DeviceManager::new()?;
         let entries = add_virtio_devices(cli, &ram, &mut devices)?;
         let (shape, entry, cmdline) = match &restoring {
-            Some(restoring) => (restoring.state.machine, None, cli.cmdline.clone()),
+            // The command line the guest booted with, for vm.info.
+            Some(restoring) => (restoring.state.machine, None, guest_cmdline(cli, &entries)),
             None => {
                 let (shape, entry, cmdline) = load(cli, &ram, &devices, &entries)?;
                 (shape, Some(entry), cmdline)
