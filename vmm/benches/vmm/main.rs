@@ -7,8 +7,8 @@
 //! microvm in this one process tree, and prints one table: min / median /
 //! max per VMM, the ratio of the medians ours/floor (ours/QEMU for the Linux
 //! boot, ACPI, virtio-blk and virtio-net rows, whose guest programs are
-//! `resources/bench/blkbench.c` and `netbench.c`; modules `acpi` and `net`)
-//! and the issue's target. It exits 1 if a
+//! `resources/bench/blkbench.c` and `netbench.c`; modules `acpi` and `net`;
+//! snapshot and restore in module `restore`) and the issue's target. It exits 1 if a
 //! measurement could not be taken (a build failed, a run failed or ended
 //! with the wrong status), 0 otherwise, whether or not the targets are met.
 //! `resources/bench/README.md` describes each metric.
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 mod acpi;
 mod net;
+mod restore;
 
 /// Exits of the fast loops (real mode and CPL0, ~8 us an exit on the test
 /// host): the small and the large image.
@@ -98,11 +99,12 @@ struct Options {
 }
 
 /// The metric groups `--only` can pick.
-const GROUPS: [&str; 8] = ["exits", "startup", "rss", "serial", "linux", "acpi", "disk", "net"];
+const GROUPS: [&str; 9] =
+    ["exits", "startup", "rss", "serial", "linux", "acpi", "disk", "net", "restore"];
 
 /// The groups that boot Linux (minutes each): run with `--linux` or when
 /// `--only` names them.
-const LINUX_GROUPS: [&str; 4] = ["linux", "acpi", "disk", "net"];
+const LINUX_GROUPS: [&str; 5] = ["linux", "acpi", "disk", "net", "restore"];
 
 impl Options {
     /// Whether `group` runs (`linux` and `disk` only when asked for).
@@ -307,6 +309,8 @@ struct Outcome {
     to_first_byte: Option<Duration>,
     /// From just before spawning to each marker's first appearance on stdout.
     to_marker: Vec<Option<Duration>>,
+    /// The same for the stderr markers.
+    to_stderr_marker: Vec<Option<Duration>>,
     stdout: Vec<u8>,
     stderr_path: PathBuf,
     /// VmHWM (peak RSS) in KiB, read just before the process ended.
@@ -333,17 +337,79 @@ impl Outcome {
 #[derive(Debug, Default)]
 struct RunOptions<'a> {
     markers: &'a [&'a str],
+    /// Markers timestamped on stderr as it arrives (stderr still goes to
+    /// its file); none: stderr goes to the file directly.
+    stderr_markers: &'a [&'a str],
     peak_rss: bool,
     limit: Option<Duration>,
+    /// Sent the index of each marker as it first appears, while the
+    /// process runs: stdout markers 0.., then stderr markers after them.
+    notify: Option<mpsc::Sender<usize>>,
+}
+
+/// What a timed reader gave: every byte, when the first arrived, when each
+/// marker first appeared.
+type Timed = (Vec<u8>, Option<Duration>, Vec<Option<Duration>>);
+
+/// Reads `stream` to its end, timestamping (from `start`) the first byte
+/// and each marker's first appearance, telling `notify` the marker's index
+/// plus `first_index`, and copying every byte to `copy` if given.
+fn read_timed(
+    mut stream: impl Read,
+    markers: Vec<Vec<u8>>,
+    start: Instant,
+    notify: Option<mpsc::Sender<usize>>,
+    first_index: usize,
+    mut copy: Option<File>,
+) -> Timed {
+    let mut all = Vec::new();
+    let mut first = None;
+    let mut found: Vec<Option<Duration>> = vec![None; markers.len()];
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let now = start.elapsed();
+        first.get_or_insert(now);
+        let from = all.len();
+        all.extend_from_slice(&buf[..n]);
+        for (index, (marker, when)) in markers.iter().zip(found.iter_mut()).enumerate() {
+            if when.is_none() {
+                let window = &all[from.saturating_sub(marker.len())..];
+                if window.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                    *when = Some(now);
+                    if let Some(notify) = &notify {
+                        let _ = notify.send(first_index + index);
+                    }
+                }
+            }
+        }
+        if let Some(file) = copy.as_mut() {
+            let _ = std::io::Write::write_all(file, &buf[..n]);
+        }
+    }
+    (all, first, found)
 }
 
 /// Runs `cmd` with stdin empty, stdout read here (timestamping its first
-/// byte and the markers), stderr to a file; kills it after the time limit.
+/// byte and the markers), stderr to a file (read here first when it has
+/// markers); kills it after the time limit.
 fn execute(mut cmd: Command, stderr_path: &Path, options: &RunOptions) -> Result<Outcome, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let stderr =
         File::create(stderr_path).map_err(|e| format!("{}: {e}", stderr_path.display()))?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    let stderr_copy = if options.stderr_markers.is_empty() {
+        cmd.stderr(stderr);
+        None
+    } else {
+        cmd.stderr(Stdio::piped());
+        Some(stderr)
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     if options.peak_rss {
         // SAFETY: the closure runs in the forked child before exec and only
         // makes one system call (async-signal-safe), touching no memory of
@@ -362,34 +428,16 @@ fn execute(mut cmd: Command, stderr_path: &Path, options: &RunOptions) -> Result
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
     let pid = child.id() as libc::pid_t;
 
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let markers: Vec<Vec<u8>> = options.markers.iter().map(|m| m.as_bytes().to_vec()).collect();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut first = None;
-        let mut found: Vec<Option<Duration>> = vec![None; markers.len()];
-        let mut buf = [0u8; 65536];
-        loop {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let now = start.elapsed();
-            first.get_or_insert(now);
-            let from = all.len();
-            all.extend_from_slice(&buf[..n]);
-            for (marker, when) in markers.iter().zip(found.iter_mut()) {
-                if when.is_none() {
-                    let window = &all[from.saturating_sub(marker.len())..];
-                    if window.windows(marker.len()).any(|w| w == marker.as_slice()) {
-                        *when = Some(now);
-                    }
-                }
-            }
-        }
-        (all, first, found)
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let bytes = |markers: &[&str]| markers.iter().map(|m| m.as_bytes().to_vec()).collect();
+    let (markers, notify) = (bytes(options.markers), options.notify.clone());
+    let reader = std::thread::spawn(move || read_timed(stdout, markers, start, notify, 0, None));
+    let stderr_reader = child.stderr.take().map(|stderr| {
+        let (markers, notify) = (bytes(options.stderr_markers), options.notify.clone());
+        let first_index = options.markers.len();
+        std::thread::spawn(move || {
+            read_timed(stderr, markers, start, notify, first_index, stderr_copy)
+        })
     });
 
     let (cancel, cancelled) = mpsc::channel::<()>();
@@ -409,6 +457,10 @@ fn execute(mut cmd: Command, stderr_path: &Path, options: &RunOptions) -> Result
     let _ = cancel.send(());
     let timed_out = watchdog.join().unwrap();
     let (stdout, to_first_byte, to_marker) = reader.join().unwrap();
+    let to_stderr_marker = match stderr_reader {
+        Some(reader) => reader.join().unwrap().2,
+        None => Vec::new(),
+    };
     drop(child);
     let (status, peak_rss_kib) = waited?;
     if timed_out {
@@ -419,6 +471,7 @@ fn execute(mut cmd: Command, stderr_path: &Path, options: &RunOptions) -> Result
         to_exit,
         to_first_byte,
         to_marker,
+        to_stderr_marker,
         stdout,
         stderr_path: stderr_path.to_path_buf(),
         peak_rss_kib,
@@ -528,6 +581,11 @@ enum Target {
     MaxPlus(f64, &'static str),
     /// ours < base.
     Below,
+    /// ours <= a fixed amount (in the metric's unit), whatever the base.
+    AtMost(f64, &'static str),
+    /// ours x factor <= a figure from another row (its median, named): "N
+    /// times sooner than"; NaN when that row has none.
+    SoonerThan(f64, &'static str, f64),
     /// No target: the row shows a figure (and the ratio, if there is a
     /// baseline).
     Info,
@@ -546,18 +604,28 @@ struct Row {
 
 impl Row {
     fn ratio(&self) -> Option<f64> {
+        if let Target::SoonerThan(_, _, other) = self.target {
+            return Some(self.cells[0].median()? / other).filter(|r| r.is_finite());
+        }
         Some(self.cells[0].median()? / self.cells[self.base.index()].median()?)
     }
 
     fn met(&self) -> Option<bool> {
         let ours = self.cells[0].median()?;
+        match self.target {
+            Target::AtMost(limit, _) => return Some(ours <= limit),
+            Target::SoonerThan(factor, _, other) => {
+                return other.is_finite().then_some(ours * factor <= other);
+            }
+            _ => {}
+        }
         let base = self.cells[self.base.index()].median()?;
         Some(match self.target {
             Target::MaxTimes(f) => ours <= f * base,
             Target::MinTimes(f) => ours >= f * base,
             Target::MaxPlus(d, _) => ours <= base + d,
             Target::Below => ours < base,
-            Target::Info => return None,
+            Target::Info | Target::AtMost(..) | Target::SoonerThan(..) => return None,
         })
     }
 
@@ -568,6 +636,8 @@ impl Row {
             Target::MinTimes(f) => format!(">= {f:.2}x {base}"),
             Target::MaxPlus(d, unit) => format!("<= {base} + {d} {unit}"),
             Target::Below => format!("< {base}"),
+            Target::AtMost(limit, unit) => format!("<= {limit} {unit}"),
+            Target::SoonerThan(factor, other, _) => format!(">= {factor}x sooner than {other}"),
             Target::Info => "-".into(),
         }
     }
@@ -1732,6 +1802,7 @@ fn run(options: &Options) -> Result<bool, String> {
     let mut disk_notes = Vec::new();
     let mut acpi_notes = Vec::new();
     let mut net_notes = Vec::new();
+    let mut restore_notes = Vec::new();
     if LINUX_GROUPS.iter().any(|group| options.runs(group)) {
         // Once for all groups: the recipe may change while this runs.
         let linux = build_linux(&bench);
@@ -1746,6 +1817,9 @@ fn run(options: &Options) -> Result<bool, String> {
         }
         if options.runs("net") {
             rows.extend(net::rows(&bench, options, &linux, &mut net_notes));
+        }
+        if options.runs("restore") {
+            rows.extend(restore::rows(&bench, options, &linux, &mut restore_notes));
         }
     }
 
@@ -1773,6 +1847,7 @@ fn run(options: &Options) -> Result<bool, String> {
              transfers minus the idle one)",
             &net_notes,
         ),
+        ("Snapshot and restore of the busybox guest", &restore_notes),
     ] {
         if !lines.is_empty() {
             println!("\n{title}:");
