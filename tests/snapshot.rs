@@ -593,8 +593,10 @@ fn linux_restored_with_a_tap_answers_on_the_network_again() {
     let restore = restore_arg(&dir, "on");
     let vmm = Vmm::spawn_in(Some(&netns.0), "net-restored", &["--restore", &restore]);
     // The restored console starts empty: new answers come through the tap
-    // the restored VMM made again.
-    vmm.wait_for("net-ok-", 2, Duration::from_secs(60));
+    // the restored VMM made again. That tap has a new MAC address, so the
+    // guest's neighbour entry for the host goes stale first and is learnt
+    // again (seconds of guest time, more on a loaded machine).
+    vmm.wait_for("net-ok-", 2, Duration::from_secs(240));
     let (status, counters) = vmm.ask("GET", "/api/v1/vm.counters", None);
     assert_eq!(status, 200);
     let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
