@@ -93,8 +93,7 @@ struct Options {
     linux: bool,
     linux_reps: usize,
     serial_kib: u64,
-    /// Metric groups to run (all when empty): exits, startup, rss, serial,
-    /// linux, disk.
+    /// Metric groups to run (all when empty): those of [`GROUPS`].
     only: Vec<String>,
 }
 
