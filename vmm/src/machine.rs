@@ -224,7 +224,11 @@ fn add_virtio_devices(
         let net = parse_net(option)?;
         let tap = Tap::open(&net.tap).with_context(|| format!("--net {option}"))?;
         if let Some((ip, mask)) = net.host {
-            tap.set_ipv4(ip, mask)
+            // The host side gets a MAC of the configuration's, so a tap a
+            // restore makes again has the one the guest's neighbour table
+            // holds.
+            tap.set_host_mac(host_mac(net.mac))
+                .and_then(|()| tap.set_ipv4(ip, mask))
                 .and_then(|()| tap.set_up())
                 .with_context(|| format!("--net {option}"))?;
         }
@@ -316,6 +320,16 @@ fn load(
     let report_triple_faults = matches!(image.protocol, BootProtocol::Bare);
     let shape = MachineShape { irqchip, acpi, report_triple_faults };
     Ok((shape, image.entry, options.cmdline))
+}
+
+/// The host side's MAC for a guest with `guest` (the VMM configures the
+/// host side): locally administered, unicast, differing from the guest's
+/// in its second byte, and the same on every start of the same machine.
+fn host_mac(guest: [u8; 6]) -> [u8; 6] {
+    let mut mac = guest;
+    mac[0] = (guest[0] | 0x02) & !0x01;
+    mac[1] ^= 0x80;
+    mac
 }
 
 /// The letter of the guest's n-th virtio disk (vda, vdb, ...).

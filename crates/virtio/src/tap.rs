@@ -113,6 +113,14 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// SIOCSIFHWADDR failed.
+    #[error("tap {name:?}: cannot set the host side's MAC address: {source}")]
+    HostMac {
+        /// The tap.
+        name: String,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 fn open_hint(err: &io::Error) -> &'static str {
@@ -327,6 +335,27 @@ impl Tap {
             mask,
             source,
         })
+    }
+
+    /// Sets the host side's MAC address (a tap made again, as by a
+    /// snapshot's restore, then keeps the one the guest knows).
+    pub fn set_host_mac(&self, mac: [u8; 6]) -> Result<(), Error> {
+        let socket = self.socket()?;
+        let mut ifr = ifreq(&self.name);
+        let mut data = [0 as libc::c_char; 14];
+        for (to, from) in data.iter_mut().zip(mac) {
+            *to = from as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_hwaddr =
+            libc::sockaddr { sa_family: libc::ARPHRD_ETHER as libc::sa_family_t, sa_data: data };
+        // SAFETY: SIOCSIFHWADDR reads the ifreq, a live local, for the call.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFHWADDR, &ifr) } < 0 {
+            return Err(Error::HostMac {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     /// Brings the link up (without it the kernel takes no frames from the
