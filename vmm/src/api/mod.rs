@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 
 /// What a request asks of the VMM.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,33 +42,7 @@ pub enum Action {
     Shutdown,
 }
 
-/// `vm.snapshot`'s body, Cloud Hypervisor's `VmSnapshotConfig`.
-#[derive(Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotConfig {
-    /// Where the snapshot goes, `file:///DIR`.
-    pub destination_url: String,
-}
-
-/// An answer that is not a success: an HTTP status and a message for the
-/// `{"error": "..."}` body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong, for the operator.
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with `status` and `message`.
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
-    }
-}
-
-/// The VMM's answer: a JSON body (200), nothing (204), or an error.
-pub type Reply = Result<Option<serde_json::Value>, ApiError>;
+pub use vmm_api::{ApiError, Reply, SnapshotConfig};
 
 /// A request on its way to the event loop, with where its answer goes.
 pub type Message = (Action, SyncSender<Reply>);
@@ -136,16 +109,5 @@ mod tests {
         assert!(socket_path("").is_err());
         assert!(socket_path("path=").is_err());
         assert!(socket_path("path=/tmp/a,mode=1").is_err());
-    }
-
-    #[test]
-    fn snapshot_bodies_are_strict() {
-        let ok: SnapshotConfig =
-            serde_json::from_str(r#"{"destination_url": "file:///tmp/s"}"#).unwrap();
-        assert_eq!(ok.destination_url, "file:///tmp/s");
-        assert!(serde_json::from_str::<SnapshotConfig>(r#"{"destination": "x"}"#).is_err());
-        assert!(
-            serde_json::from_str::<SnapshotConfig>(r#"{"destination_url": "x", "y": 1}"#).is_err()
-        );
     }
 }
