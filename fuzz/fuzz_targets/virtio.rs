@@ -1038,7 +1038,7 @@ impl<D: DeviceChecks> Rig<D> {
             }
             self.queues[index].dev_used = Some(new_used);
         }
-        self.vsock_observe(&batch);
+        self.vsock_observe(&batch, &writable);
         std::mem::swap(&mut self.shadow, &mut self.scratch);
     }
 
@@ -1460,7 +1460,7 @@ impl<D: DeviceChecks> Rig<D> {
     /// virtio-vsock: the packets the last device operation put in the
     /// receive queue and took from the transmit queue (`shadow` holds guest
     /// memory from before it, `scratch` from after).
-    fn vsock_observe(&mut self, checks: &[(usize, QueueModel, bool)]) {
+    fn vsock_observe(&mut self, checks: &[(usize, QueueModel, bool)], writable: &[(u128, u128)]) {
         let Some(mut side) = self.vsock.take() else { return };
         let used_rings: Vec<(u64, u64)> = checks.iter().map(|(_, q, _)| (q.used, q.used_len())).collect();
         for &(index, q, aliased) in checks {
@@ -1501,17 +1501,22 @@ impl<D: DeviceChecks> Rig<D> {
                 let mut packets = 0;
                 for &(head, len) in &entries {
                     assert_eq!(len, 0, "transmit chain {head} used with a length");
-                    let Some((hdr, read)) = self.tx_packet(&q, head) else { continue };
-                    packets += 1;
-                    if read.iter().any(|&r| used_rings.iter().any(|&u| overlaps(r, u))) {
-                        // The device may have read it after writing a used
-                        // ring over it.
+                    // The device may have read the chain's buffers after
+                    // writing over them (a used ring, or a receive packet
+                    // when one operation served several queues: DRIVER_OK).
+                    let descs = self.walk_chain(&self.shadow, &q, head, 2);
+                    let written = |r: (u64, u64)| {
+                        overlaps_any(writable, r) || used_rings.iter().any(|&u| overlaps(r, u))
+                    };
+                    if descs.iter().any(|&(addr, len, _)| written((addr, len.into()))) {
                         side.tx_batch = None;
                         side.tx_lost();
-                    } else {
-                        side.parsed.1 += 1;
-                        side.sent(&hdr);
+                        continue;
                     }
+                    let Some((hdr, _)) = self.tx_packet(&q, head) else { continue };
+                    packets += 1;
+                    side.parsed.1 += 1;
+                    side.sent(&hdr);
                 }
                 if side.tx_batch.is_some() {
                     side.tx_batch = Some(packets);
