@@ -22,7 +22,7 @@ use vmm_dispatch::{Outcome, RunControl};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::QueueNotify;
 
-use crate::api::{Action, Message, Reply};
+use crate::api::{Endpoint, Message, Reply};
 use crate::machine::Serial;
 
 /// The loop and what it serves.
@@ -106,7 +106,7 @@ impl EventLoop {
     /// requests, with the loop at hand (to pause the devices).
     pub fn run(
         &mut self,
-        mut handle: impl FnMut(Action, &mut EventLoop) -> Reply,
+        mut handle: impl FnMut(Endpoint, &mut EventLoop) -> Reply,
     ) -> anyhow::Result<()> {
         while !self.control.should_stop() {
             match self.manager.run() {
@@ -118,8 +118,8 @@ impl EventLoop {
                 Some(requests) => requests.try_iter().collect(),
                 None => Vec::new(),
             };
-            for (action, reply) in messages {
-                let answer = handle(action, self);
+            for (endpoint, reply) in messages {
+                let answer = handle(endpoint, self);
                 // The API thread may have given up waiting; nothing to do.
                 let _ = reply.send(answer);
             }

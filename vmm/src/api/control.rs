@@ -1,5 +1,5 @@
 //! The VMM side of the control API, on the event loop's thread: what each
-//! [`Action`] does to the machine.
+//! [`Endpoint`] does to the machine.
 //!
 //! **Pause**: the vCPU loops are asked to park ([`vmm_vcpu::pause`]) and
 //! each vCPU thread is kicked out of `KVM_RUN`; once every vCPU is parked
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use vmm_dispatch::{ExitStats, Outcome, RunControl};
 use vmm_vcpu::{Vcpu, Vm};
 
-use super::{Action, ApiError, Reply, SnapshotConfig};
+use super::{ApiError, Endpoint, Reply, SnapshotConfig};
 use crate::event_loop::EventLoop;
 use crate::machine::SnapshotParts;
 use crate::snapshot::MachineState;
@@ -85,21 +85,22 @@ impl<'a> Controller<'a> {
         self.clock = Some(clock);
     }
 
-    /// Does what `action` asks and answers it.
-    pub fn handle(&mut self, action: Action, event_loop: &mut EventLoop) -> Reply {
-        match action {
-            Action::Info => Ok(Some(json!({
+    /// Does what `endpoint` asks and answers it.
+    pub fn handle(&mut self, endpoint: Endpoint, event_loop: &mut EventLoop) -> Reply {
+        match endpoint {
+            Endpoint::Ping => Ok(Some(ping())),
+            Endpoint::Info => Ok(Some(json!({
                 "state": self.state(),
                 "config": self.config,
             }))),
-            Action::Pause => self.pause(event_loop),
-            Action::Resume => self.resume(event_loop),
-            Action::Snapshot(_) if !self.paused() => {
+            Endpoint::Pause => self.pause(event_loop),
+            Endpoint::Resume => self.resume(event_loop),
+            Endpoint::Snapshot(_) if !self.paused() => {
                 Err(ApiError::new(409, "the VM must be paused first"))
             }
-            Action::Snapshot(config) => self.snapshot(&config),
-            Action::Counters => Ok(Some(self.counters())),
-            Action::Shutdown => {
+            Endpoint::Snapshot(config) => self.snapshot(&config),
+            Endpoint::Counters => Ok(Some(self.counters())),
+            Endpoint::Shutdown => {
                 self.control.finish(Outcome::Stopped {
                     reason: "shut down through the API (vmm.shutdown)".into(),
                     status: 0,
@@ -249,4 +250,15 @@ pub fn config_json(cli: &crate::cli::Cli, cmdline: Option<&str>) -> anyhow::Resu
         "vsock": vsock,
         "rng": rng,
     }))
+}
+
+/// The version, in Cloud Hypervisor's `VmmPingResponse` shape.
+fn ping() -> serde_json::Value {
+    let version = env!("CARGO_PKG_VERSION");
+    json!({
+        "build_version": version,
+        "version": version,
+        "pid": std::process::id(),
+        "features": [],
+    })
 }

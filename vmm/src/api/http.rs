@@ -9,19 +9,18 @@
 //! connections are served one after another, so a silent or slow client
 //! holds the API (never the guest or the event loop) for at most that
 //! long. A client that disconnects mid-request is simply dropped. Nothing
-//! a client sends reaches the event loop but a parsed [`Action`].
+//! a client sends reaches the event loop but a parsed [`Endpoint`].
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use vmm_sys_util::eventfd::EventFd;
 
 use vmm_api::{Endpoint, ReadError, Request, read_request, response_bytes};
 
-use super::{Action, ApiError, Message, Reply};
+use super::{ApiError, Message, Reply};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,11 +39,11 @@ impl VmmLink {
         VmmLink { requests, wake }
     }
 
-    /// Sends `action` and waits for the answer.
-    fn ask(&self, action: Action) -> Reply {
+    /// Sends `endpoint` and waits for the answer.
+    fn ask(&self, endpoint: Endpoint) -> Reply {
         let (reply, answer) = mpsc::sync_channel(1);
         let gone = || ApiError::new(503, "the VM is not running any more");
-        self.requests.send((action, reply)).map_err(|_| gone())?;
+        self.requests.send((endpoint, reply)).map_err(|_| gone())?;
         self.wake.write(1).map_err(|_| gone())?;
         match answer.recv_timeout(REPLY_TIMEOUT) {
             Ok(reply) => reply,
@@ -55,10 +54,10 @@ impl VmmLink {
         }
     }
 
-    /// Sends `action` without waiting for an answer.
-    fn tell(&self, action: Action) {
+    /// Sends `endpoint` without waiting for an answer.
+    fn tell(&self, endpoint: Endpoint) {
         let (reply, _) = mpsc::sync_channel(1);
-        if self.requests.send((action, reply)).is_ok() {
+        if self.requests.send((endpoint, reply)).is_ok() {
             let _ = self.wake.write(1);
         }
     }
@@ -124,33 +123,17 @@ fn serve_connection(mut stream: UnixStream, vmm: &VmmLink) {
     if reply.is_ok() && request.path == "/api/v1/vmm.shutdown" {
         // After the 204 is written, so the client gets it.
         let _ = stream.flush();
-        vmm.tell(Action::Shutdown);
+        vmm.tell(Endpoint::Shutdown);
     }
-}
-
-/// The version, in Cloud Hypervisor's `VmmPingResponse` shape.
-fn ping() -> serde_json::Value {
-    let version = env!("CARGO_PKG_VERSION");
-    json!({
-        "build_version": version,
-        "version": version,
-        "pid": std::process::id(),
-        "features": [],
-    })
 }
 
 /// Answers `request`: routing and bodies by `vmm_api`, the VM's work on
 /// the event loop.
 fn route(request: &Request, vmm: &VmmLink) -> Reply {
     match Endpoint::route(request)? {
-        Endpoint::Ping => Ok(Some(ping())),
-        Endpoint::Info => vmm.ask(Action::Info),
-        Endpoint::Pause => vmm.ask(Action::Pause),
-        Endpoint::Resume => vmm.ask(Action::Resume),
-        Endpoint::Snapshot(config) => vmm.ask(Action::Snapshot(config)),
-        Endpoint::Counters => vmm.ask(Action::Counters),
         // The VMM is told once the 204 is written (serve_connection).
         Endpoint::Shutdown => Ok(None),
+        endpoint => vmm.ask(endpoint),
     }
 }
 

@@ -6,7 +6,7 @@
 //!   bad path is an error before the guest runs) and removed at exit;
 //! - [`http`]: the API thread. It applies its own seccomp filter, then
 //!   accepts one connection at a time, reads one request of at most 64 KiB
-//!   (parsed with `httparse`), turns it into an [`Action`] and sends it to
+//!   (parsed with `httparse`), turns it into an [`Endpoint`] and sends it to
 //!   the event loop over a channel, writing an eventfd to wake it; it waits
 //!   for the [`Reply`] and writes it back as JSON (serde_json);
 //! - [`control`]: the VMM side, run by the event loop on the main thread:
@@ -25,27 +25,10 @@ use std::sync::mpsc::SyncSender;
 
 use anyhow::{Context, bail};
 
-/// What a request asks of the VMM.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `GET vm.info`: state and configuration.
-    Info,
-    /// `PUT vm.pause`.
-    Pause,
-    /// `PUT vm.resume`.
-    Resume,
-    /// `PUT vm.snapshot`.
-    Snapshot(SnapshotConfig),
-    /// `GET vm.counters`: device counters and exit statistics.
-    Counters,
-    /// `PUT vmm.shutdown` (sent after its 204 is written).
-    Shutdown,
-}
-
-pub use vmm_api::{ApiError, Reply, SnapshotConfig};
+pub use vmm_api::{ApiError, Endpoint, Reply, SnapshotConfig};
 
 /// A request on its way to the event loop, with where its answer goes.
-pub type Message = (Action, SyncSender<Reply>);
+pub type Message = (Endpoint, SyncSender<Reply>);
 
 /// The API's Unix socket: bound, listening, and removed when dropped.
 #[derive(Debug)]
