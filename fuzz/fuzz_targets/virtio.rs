@@ -947,16 +947,18 @@ impl<D: DeviceChecks> Rig<D> {
                     .collect();
             }
         }
-        let used_rings: Vec<(u64, u64)> =
-            live.iter().map(|&i| (self.queues[i].used, self.queues[i].used_len())).collect();
+        let used_rings: Vec<(usize, (u64, u64))> =
+            live.iter().map(|&i| (i, (self.queues[i].used, self.queues[i].used_len()))).collect();
         let checks: Vec<_> = found
             .into_iter()
             .map(|(i, (_, tables, mut aliased))| {
                 let q = self.queues[i];
                 let used = (q.used, q.used_len());
                 aliased |= tables.iter().chain([&used]).any(|&t| overlaps_any(&writable, t));
-                aliased |= tables.iter().any(|&t| used_rings.iter().any(|&u| overlaps(t, u)));
-                aliased |= used_rings.iter().filter(|&&u| u != used).any(|&u| overlaps(u, used));
+                aliased |= tables.iter().any(|&t| used_rings.iter().any(|&(_, u)| overlaps(t, u)));
+                // Another queue's used ring, even at the very same address
+                // (the driver may give two queues one ring), is aliasing.
+                aliased |= used_rings.iter().filter(|&&(j, _)| j != i).any(|&(_, u)| overlaps(u, used));
                 (i, q, aliased)
             })
             .collect();
@@ -1214,6 +1216,12 @@ impl<D: DeviceChecks> Rig<D> {
                 q.avail_idx,
                 q.dev_used
             );
+            for (i, q) in self.queues.iter().enumerate().skip(1).filter(|(_, q)| q.ready) {
+                eprintln!(
+                    "       queue {i} size {} rings {:#x}/{:#x}/{:#x}, driver avail {}, device used {:?}",
+                    q.size, q.desc, q.avail, q.used, q.avail_idx, q.dev_used
+                );
+            }
         }
         match op & 0x0f {
             0 => {
