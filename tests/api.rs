@@ -8,191 +8,24 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api_vmm::{ApiVmm, parse_answer};
 use common::rootfs::{put_file, root_disk_copy};
 use common::{assert_vmm_error, guest, linux_guest, run_command, scratch_file};
 
-/// A running VMM with the counter guest and an API socket; killed if the
-/// test ends without shutting it down.
-struct Vmm {
-    child: Option<Child>,
-    /// The VMM's stdin: the guest's console input.
-    stdin: Option<std::process::ChildStdin>,
-    socket: PathBuf,
-    serial: PathBuf,
-}
-
-impl Vmm {
+// This file's own helpers on the shared `ApiVmm` (tests/common/api_vmm.rs).
+impl ApiVmm {
     /// The counter guest, once it printed its first tick.
-    fn start(name: &str, extra: &[&str]) -> Vmm {
+    fn start(name: &str, extra: &[&str]) -> ApiVmm {
         let kernel = guest("counter.elf");
         let mut args = vec!["--kernel", kernel.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let vmm = Vmm::spawn(name, &args);
+        let vmm = ApiVmm::spawn(name, &args);
         vmm.wait_for_ticks(1, Duration::from_secs(30));
         vmm
     }
-
-    /// The VMM with `args`, an API socket and its console to a file.
-    fn spawn(name: &str, args: &[&str]) -> Vmm {
-        let socket = scratch_file(&format!("{name}.sock"));
-        let serial = scratch_file(&format!("{name}.serial"));
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(args)
-            .arg("--api-socket")
-            .arg(&socket)
-            .arg(format!("--serial=file:{}", serial.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the vmm binary");
-        let mut child = child;
-        let stdin = child.stdin.take();
-        Vmm { child: Some(child), stdin, socket, serial }
-    }
-
-    /// What the guest printed so far.
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    /// Waits until the guest printed `text`.
-    fn wait_for(&self, text: &str, limit: Duration) {
-        let started = Instant::now();
-        while !self.console().contains(text) {
-            assert!(started.elapsed() < limit, "no {text:?} in {:?}", self.console());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Types `bytes` on the guest's console.
-    fn type_in(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The tick numbers the guest printed so far.
-    fn ticks(&self) -> Vec<u64> {
-        let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| line.strip_prefix("tick "))
-            // The last line may be half written.
-            .filter(|n| n.len() == 8)
-            .map(|n| u64::from_str_radix(n, 16).expect("a hex tick"))
-            .collect()
-    }
-
-    fn wait_for_ticks(&self, count: usize, limit: Duration) -> Vec<u64> {
-        let started = Instant::now();
-        loop {
-            let ticks = self.ticks();
-            if ticks.len() >= count {
-                return ticks;
-            }
-            assert!(started.elapsed() < limit, "the guest printed {ticks:?} in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ask(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
-        request(&self.socket, method, path, body)
-    }
-
-    /// Waits for the VMM to exit; returns its status and stderr.
-    fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                child.kill().ok();
-                panic!("the VMM did not exit after vmm.shutdown");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        (status, stderr)
-    }
-
-    fn shutdown(self) {
-        let answer = self.ask("PUT", "/api/v1/vmm.shutdown", None);
-        assert_eq!(answer.status, 204, "{answer:?}");
-        let socket = self.socket.clone();
-        let (status, stderr) = self.wait();
-        assert_eq!(status.code(), Some(0), "stderr: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(!socket.exists(), "the API socket is left behind");
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-        let _ = std::fs::remove_file(&self.serial);
-    }
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {self:?}"))
-    }
-
-    /// Asserts an error status with a JSON `{"error": ...}` body naming `what`.
-    fn assert_error(&self, status: u16, what: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        let error = self.json()["error"].as_str().unwrap_or_default().to_owned();
-        assert!(error.contains(what), "expected {what:?} in {self:?}");
-    }
-}
-
-/// Parses a whole HTTP/1.1 response (the server closes the connection).
-fn parse_answer(bytes: &[u8]) -> Answer {
-    let text = String::from_utf8_lossy(bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status: {text:?}"));
-    Answer { status, head: head.to_owned(), body: body.to_owned() }
-}
-
-/// One request over a new connection, written and read by hand (the test
-/// is the client).
-fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Answer {
-    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read the answer");
-    parse_answer(&answer)
 }
 
 /// Asserts the guest printed consecutive ticks from 1, none twice, none
@@ -205,7 +38,7 @@ fn assert_consecutive(ticks: &[u64]) {
 #[test]
 fn every_endpoint_answers_and_bad_requests_change_nothing() {
     require_kvm!();
-    let vmm = Vmm::start("endpoints", &[]);
+    let vmm = ApiVmm::start("endpoints", &[]);
 
     let ping = vmm.ask("GET", "/api/v1/vmm.ping", None);
     assert_eq!(ping.status, 200, "{ping:?}");
@@ -257,7 +90,7 @@ fn every_endpoint_answers_and_bad_requests_change_nothing() {
 #[test]
 fn a_paused_guest_prints_nothing_and_resumes_with_the_next_tick() {
     require_kvm!();
-    let vmm = Vmm::start("pause", &[]);
+    let vmm = ApiVmm::start("pause", &[]);
     vmm.wait_for_ticks(3, Duration::from_secs(30));
 
     let pause = vmm.ask("PUT", "/api/v1/vm.pause", None);
@@ -275,9 +108,7 @@ fn a_paused_guest_prints_nothing_and_resumes_with_the_next_tick() {
     vmm.ask("PUT", "/api/v1/vm.pause", None).assert_error(409, "already paused");
     // A snapshot while paused changes nothing (tests/snapshot.rs restores them).
     let dir = scratch_file("pause-snapshot");
-    let snapshot = format!(r#"{{"destination_url": "file://{}"}}"#, dir.display());
-    let answer = vmm.ask("PUT", "/api/v1/vm.snapshot", Some(&snapshot));
-    assert_eq!(answer.status, 204, "{answer:?}");
+    vmm.snapshot(&dir);
     assert!(dir.join("state").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
     // The other endpoints answer while paused.
@@ -306,7 +137,7 @@ fn every_vcpu_parks_even_one_waiting_for_its_startup_ipi() {
     require_kvm!();
     // vCPU 1 never gets INIT/SIPI: it waits inside KVM_RUN, and the kick
     // must still bring it out to park.
-    let vmm = Vmm::start("two-vcpus", &["--cpus", "2", "--irqchip"]);
+    let vmm = ApiVmm::start("two-vcpus", &["--cpus", "2", "--irqchip"]);
     assert_eq!(vmm.ask("PUT", "/api/v1/vm.pause", None).status, 204);
     std::thread::sleep(Duration::from_millis(300));
     let at_pause = vmm.console();
@@ -334,10 +165,10 @@ fn every_vcpu_parks_even_one_waiting_for_its_startup_ipi() {
 fn console_input_typed_while_paused_reaches_the_guest_after_resume() {
     require_kvm!();
     let kernel = guest("echo.elf");
-    let mut vmm = Vmm::spawn("echo", &["--kernel", kernel.to_str().unwrap()]);
-    vmm.wait_for("echo ready\n", Duration::from_secs(30));
+    let mut vmm = ApiVmm::spawn("echo", &["--kernel", kernel.to_str().unwrap()]);
+    vmm.wait_for("echo ready\n", 1, Duration::from_secs(30));
     vmm.type_in(b"x");
-    vmm.wait_for("got x\n", Duration::from_secs(30));
+    vmm.wait_for("got x\n", 1, Duration::from_secs(30));
 
     assert_eq!(vmm.ask("PUT", "/api/v1/vm.pause", None).status, 204);
     vmm.type_in(b"yz");
@@ -345,7 +176,7 @@ fn console_input_typed_while_paused_reaches_the_guest_after_resume() {
     assert_eq!(vmm.console(), "echo ready\ngot x\n", "input reached a paused guest");
 
     assert_eq!(vmm.ask("PUT", "/api/v1/vm.resume", None).status, 204);
-    vmm.wait_for("got z\n", Duration::from_secs(30));
+    vmm.wait_for("got z\n", 1, Duration::from_secs(30));
     assert_eq!(vmm.console(), "echo ready\ngot x\ngot y\ngot z\n");
     vmm.shutdown();
 }
@@ -353,7 +184,7 @@ fn console_input_typed_while_paused_reaches_the_guest_after_resume() {
 #[test]
 fn shutdown_while_paused_exits_with_status_0() {
     require_kvm!();
-    let vmm = Vmm::start("shutdown-paused", &[]);
+    let vmm = ApiVmm::start("shutdown-paused", &[]);
     assert_eq!(vmm.ask("PUT", "/api/v1/vm.pause", None).status, 204);
     vmm.shutdown();
 }
@@ -361,7 +192,7 @@ fn shutdown_while_paused_exits_with_status_0() {
 #[test]
 fn hostile_clients_never_stall_the_vmm_or_the_guest() {
     require_kvm!();
-    let vmm = Vmm::start("hostile", &[]);
+    let vmm = ApiVmm::start("hostile", &[]);
 
     // Several clients, one after another.
     for _ in 0..20 {
@@ -428,7 +259,7 @@ fn curl_drives_the_api() {
         eprintln!("SKIPPED curl_drives_the_api: curl is not installed");
         return;
     }
-    let vmm = Vmm::start("curl", &[]);
+    let vmm = ApiVmm::start("curl", &[]);
     let curl = |method: &str, endpoint: &str| {
         let output = Command::new("curl")
             .args(["-sS", "-X", method, "-w", "\n%{http_code}", "--unix-socket"])
@@ -472,8 +303,8 @@ fn threads(pid: u32) -> Vec<String> {
 fn the_api_is_one_thread_and_nothing_without_the_option() {
     require_kvm!();
     // With the API: main, vCPU 0, and the API thread.
-    let vmm = Vmm::start("threads", &[]);
-    let pid = vmm.child.as_ref().unwrap().id();
+    let vmm = ApiVmm::start("threads", &[]);
+    let pid = vmm.pid();
     assert_eq!(threads(pid), ["api", "vcpu0", "vmm"]);
     // No more after serving clients.
     for _ in 0..5 {
@@ -547,7 +378,7 @@ fn bad_api_socket_paths_are_one_error_line_and_status_2() {
 #[test]
 fn a_socket_in_use_by_another_vmm_is_refused() {
     require_kvm!();
-    let vmm = Vmm::start("in-use", &[]);
+    let vmm = ApiVmm::start("in-use", &[]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmm"));
     command
         .args(["--kernel", guest("counter.elf").to_str().unwrap(), "--api-socket"])
@@ -599,7 +430,7 @@ fn linux_with_a_disk_pauses_its_devices_and_counts_them() {
     // counts while paused).
     let cmdline = format!("{} root=/dev/vda rw clocksource=kvm-clock", guest.cmdline);
     let disk = format!("path={}", root.display());
-    let vmm = Vmm::spawn(
+    let vmm = ApiVmm::spawn(
         "linux",
         &["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk],
     );

@@ -13,183 +13,33 @@ use std::net::Shutdown;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::api_vmm::{Answer, ApiVmm};
 use common::rootfs::{put_file, root_disk_copy};
 use common::{assert_vmm_error, guest, linux_guest, run_vmm, scratch_file};
 
-/// A running VMM with an API socket and its console in a file; killed if
-/// the test ends without shutting it down.
-struct Vmm {
-    child: Option<Child>,
-    /// The VMM's stdin: the guest's console input.
-    stdin: Option<std::process::ChildStdin>,
-    socket: PathBuf,
-    serial: PathBuf,
-}
-
-impl Vmm {
-    /// The VMM with `args`, an API socket and its console to a file.
-    fn spawn(name: &str, args: &[&str]) -> Vmm {
-        Vmm::spawn_in(None, name, args)
-    }
-
-    /// Like `spawn`, inside the network namespace `netns` if given.
-    fn spawn_in(netns: Option<&str>, name: &str, args: &[&str]) -> Vmm {
-        let socket = scratch_file(&format!("{name}.sock"));
-        let serial = scratch_file(&format!("{name}.serial"));
-        let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&serial);
-        let mut command = match netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vmm")]);
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_vmm")),
-        };
-        let child = command
-            .args(args)
-            .arg("--api-socket")
-            .arg(&socket)
-            .arg(format!("--serial=file:{}", serial.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the vmm binary");
-        let mut child = child;
-        let stdin = child.stdin.take();
-        let vmm = Vmm { child: Some(child), stdin, socket, serial };
-        let started = Instant::now();
-        while !vmm.socket.exists() {
-            assert!(started.elapsed() < Duration::from_secs(20), "no API socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        vmm
-    }
-
+// This file's own helpers on the shared `ApiVmm` (tests/common/api_vmm.rs).
+impl ApiVmm {
     /// The counter guest, booted.
-    fn boot(name: &str) -> Vmm {
+    fn boot(name: &str) -> ApiVmm {
         let kernel = guest("counter.elf");
-        Vmm::spawn(name, &["--kernel", kernel.to_str().unwrap()])
+        ApiVmm::spawn(name, &["--kernel", kernel.to_str().unwrap()])
     }
 
-    /// What the guest printed so far.
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    /// Waits until the guest's console holds `text` `count` times.
-    fn wait_for(&self, text: &str, count: usize, limit: Duration) {
-        let started = Instant::now();
-        while self.console().matches(text).count() < count {
-            assert!(started.elapsed() < limit, "no {text:?} in {:?}", self.console());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Types `bytes` on the guest's console.
-    fn type_in(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The tick numbers the guest printed so far (whole lines only).
-    fn ticks(&self) -> Vec<u64> {
-        let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| line.strip_prefix("tick "))
-            .filter(|n| n.len() == 8)
-            .map(|n| u64::from_str_radix(n, 16).expect("a hex tick"))
-            .collect()
-    }
-
-    fn wait_for_ticks(&self, count: usize, limit: Duration) -> Vec<u64> {
-        let started = Instant::now();
-        loop {
-            let ticks = self.ticks();
-            if ticks.len() >= count {
-                return ticks;
-            }
-            assert!(started.elapsed() < limit, "the guest printed {ticks:?} in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ask(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        request(&self.socket, method, path, body)
-    }
-
-    fn put(&self, path: &str, body: Option<&str>) -> (u16, String) {
+    fn put(&self, path: &str, body: Option<&str>) -> Answer {
         self.ask("PUT", path, body)
     }
 
     /// Pauses the guest and returns the ticks it printed.
     fn pause(&self) -> Vec<u64> {
-        let (status, body) = self.put("/api/v1/vm.pause", None);
-        assert_eq!(status, 204, "{body}");
+        let answer = self.put("/api/v1/vm.pause", None);
+        assert_eq!(answer.status, 204, "{answer:?}");
         // The last tick's line may still be on its way to the file.
         std::thread::sleep(Duration::from_millis(100));
         self.ticks()
     }
-
-    fn snapshot(&self, dir: &Path) {
-        let body = format!(r#"{{"destination_url": "file://{}"}}"#, dir.display());
-        let (status, answer) = self.put("/api/v1/vm.snapshot", Some(&body));
-        assert_eq!(status, 204, "{answer}");
-    }
-
-    /// Shuts the VMM down; it must exit with 0 and no complaint.
-    fn shutdown(mut self) {
-        let (status, body) = self.put("/api/v1/vmm.shutdown", None);
-        assert_eq!(status, 204, "{body}");
-        let mut child = self.child.take().unwrap();
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "no exit after vmm.shutdown");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        assert_eq!(status.code(), Some(0), "stderr: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("WARN"), "{stderr}");
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-        let _ = std::fs::remove_file(&self.serial);
-    }
-}
-
-/// One request over a new connection; the status and body of the answer.
-fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read the answer");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text:?}"));
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap();
-    (status, body.to_owned())
 }
 
 /// A fresh, empty scratch directory.
@@ -203,7 +53,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 /// Boots the counter guest, lets it tick, pauses it and snapshots it into
 /// `dir`; returns the last tick before the pause.
 fn counter_snapshot(name: &str, dir: &Path) -> u64 {
-    let vmm = Vmm::boot(name);
+    let vmm = ApiVmm::boot(name);
     vmm.wait_for_ticks(3, Duration::from_secs(30));
     let ticks = vmm.pause();
     vmm.snapshot(dir);
@@ -236,7 +86,7 @@ fn a_restored_counter_continues_where_it_was_paused_every_time() {
     // Restored and resumed at once: the next tick is the one after the
     // last before the pause, the guest did not boot again.
     let restore = restore_arg(&dir, "on");
-    let vmm = Vmm::spawn("continue-first", &["--restore", &restore]);
+    let vmm = ApiVmm::spawn("continue-first", &["--restore", &restore]);
     let ticks = vmm.wait_for_ticks(3, Duration::from_secs(30));
     let expected: Vec<u64> = (last + 1..).take(ticks.len()).collect();
     assert_eq!(ticks, expected, "restored after tick {last}");
@@ -244,14 +94,14 @@ fn a_restored_counter_continues_where_it_was_paused_every_time() {
 
     // The same snapshot again, paused by default until vm.resume.
     let restore = format!("source_url=file://{}", dir.display());
-    let vmm = Vmm::spawn("continue-second", &["--restore", &restore]);
-    let (status, info) = vmm.ask("GET", "/api/v1/vm.info", None);
-    assert_eq!(status, 200);
-    assert!(info.contains(r#""state":"Paused""#), "{info}");
+    let vmm = ApiVmm::spawn("continue-second", &["--restore", &restore]);
+    let info = vmm.ask("GET", "/api/v1/vm.info", None);
+    assert_eq!(info.status, 200, "{info:?}");
+    assert!(info.body.contains(r#""state":"Paused""#), "{info:?}");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(vmm.ticks(), Vec::<u64>::new(), "a paused restore ran");
-    let (status, body) = vmm.put("/api/v1/vm.resume", None);
-    assert_eq!(status, 204, "{body}");
+    let answer = vmm.put("/api/v1/vm.resume", None);
+    assert_eq!(answer.status, 204, "{answer:?}");
     let ticks = vmm.wait_for_ticks(2, Duration::from_secs(30));
     assert_eq!(ticks[..2], [last + 1, last + 2]);
     // A restored machine snapshots again.
@@ -267,25 +117,25 @@ fn a_restored_counter_continues_where_it_was_paused_every_time() {
 #[test]
 fn snapshot_requests_are_checked() {
     require_kvm!();
-    let vmm = Vmm::boot("snapshot-requests");
+    let vmm = ApiVmm::boot("snapshot-requests");
     vmm.wait_for_ticks(1, Duration::from_secs(30));
     let dir = scratch_dir("snap-requests");
     let body = format!(r#"{{"destination_url": "file://{}"}}"#, dir.display());
-    let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(&body));
-    assert_eq!(status, 409, "{answer}");
-    assert!(answer.contains("paused first"), "{answer}");
+    let answer = vmm.put("/api/v1/vm.snapshot", Some(&body));
+    assert_eq!(answer.status, 409, "{answer:?}");
+    assert!(answer.body.contains("paused first"), "{answer:?}");
     vmm.pause();
     for url in ["/tmp/x", "file://relative", "http://host/x"] {
         let body = format!(r#"{{"destination_url": "{url}"}}"#);
-        let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(&body));
-        assert_eq!(status, 400, "{url}: {answer}");
-        assert!(answer.contains("file:///DIR"), "{answer}");
+        let answer = vmm.put("/api/v1/vm.snapshot", Some(&body));
+        assert_eq!(answer.status, 400, "{url}: {answer:?}");
+        assert!(answer.body.contains("file:///DIR"), "{answer:?}");
     }
     // A directory that cannot be made: an error, and nothing claimed.
     let body = r#"{"destination_url": "file:///nonexistent/deeper/snap"}"#;
-    let (status, answer) = vmm.put("/api/v1/vm.snapshot", Some(body));
-    assert_eq!(status, 500, "{answer}");
-    assert!(answer.contains("cannot create"), "{answer}");
+    let answer = vmm.put("/api/v1/vm.snapshot", Some(body));
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert!(answer.body.contains("cannot create"), "{answer:?}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     vmm.shutdown();
     std::fs::remove_dir_all(dir).unwrap();
@@ -386,7 +236,7 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     let kernel = guest.file("vmlinux");
     let cmdline = format!("{} root=/dev/vda rw", guest.cmdline);
     let disk = format!("path={}", root.display());
-    let mut vmm = Vmm::spawn(
+    let mut vmm = ApiVmm::spawn(
         "linux-source",
         &["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk],
     );
@@ -398,8 +248,8 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
         b"SNAPVAR=kept-across; (i=0; while :; do i=$((i+1)); echo count-$i; sleep 1; done) &\n",
     );
     vmm.wait_for("count-3\r\n", 1, Duration::from_secs(120));
-    let (status, body) = vmm.put("/api/v1/vm.pause", None);
-    assert_eq!(status, 204, "{body}");
+    let answer = vmm.put("/api/v1/vm.pause", None);
+    assert_eq!(answer.status, 204, "{answer:?}");
     std::thread::sleep(Duration::from_millis(300));
     let at_pause = vmm.console();
     let last = counts(&at_pause).last().copied().unwrap();
@@ -415,7 +265,7 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     );
 
     let restore = restore_arg(&dir, "on");
-    let mut vmm = Vmm::spawn("linux-restored", &["--restore", &restore]);
+    let mut vmm = ApiVmm::spawn("linux-restored", &["--restore", &restore]);
     let started = Instant::now();
     while counts(&vmm.console()).len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "no count: {}", vmm.console());
@@ -424,9 +274,9 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     let after = counts(&vmm.console());
     assert_eq!(after[..2], [last + 1, last + 2], "paused after count-{last}");
     // vm.info reports the machine as it was booted, virtio entries and all.
-    let (status, info) = vmm.ask("GET", "/api/v1/vm.info", None);
-    assert_eq!(status, 200);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info = vmm.ask("GET", "/api/v1/vm.info", None);
+    assert_eq!(info.status, 200, "{info:?}");
+    let info = info.json();
     assert_eq!(info["config"]["disks"][0]["path"], root.to_str().unwrap());
     let cmdline_seen = info["config"]["payload"]["cmdline"].as_str().unwrap();
     assert!(cmdline_seen.contains("virtio_mmio.device=4K@0xd0000000:5"), "{cmdline_seen}");
@@ -490,13 +340,13 @@ fn linux_restored_with_vsock_serves_new_connections() {
     let args = ["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk];
     let mut with_vsock = args.to_vec();
     with_vsock.extend_from_slice(&["--vsock", &vsock]);
-    let vmm = Vmm::spawn("vsock-source", &with_vsock);
+    let vmm = ApiVmm::spawn("vsock-source", &with_vsock);
     vmm.wait_for("VMM-VSOCK-SERVING", 1, Duration::from_secs(600));
     assert_eq!(vsock_echo(&socket, b"before", Duration::from_secs(120)), b"before");
     // A connection open when the snapshot is taken.
     let open = vsock_connect(&socket, 1234).unwrap();
-    let (status, body) = vmm.put("/api/v1/vm.pause", None);
-    assert_eq!(status, 204, "{body}");
+    let answer = vmm.put("/api/v1/vm.pause", None);
+    assert_eq!(answer.status, 204, "{answer:?}");
     let dir = scratch_dir("snap-vsock");
     vmm.snapshot(&dir);
     vmm.shutdown();
@@ -504,7 +354,7 @@ fn linux_restored_with_vsock_serves_new_connections() {
     assert!(!socket.exists());
 
     let restore = restore_arg(&dir, "on");
-    let vmm = Vmm::spawn("vsock-restored", &["--restore", &restore]);
+    let vmm = ApiVmm::spawn("vsock-restored", &["--restore", &restore]);
     // A connection made in the instant after the restore may be reset by
     // the guest handling the transport reset event after it: once more then.
     let mut echoed = vsock_echo(&socket, b"after", Duration::from_secs(60));
@@ -513,13 +363,13 @@ fn linux_restored_with_vsock_serves_new_connections() {
         echoed = vsock_echo(&socket, b"after", Duration::from_secs(60));
     }
     assert_eq!(echoed, b"after");
-    let (status, counters) = vmm.ask("GET", "/api/v1/vm.counters", None);
-    assert_eq!(status, 200);
+    let counters = vmm.ask("GET", "/api/v1/vm.counters", None);
+    assert_eq!(counters.status, 200, "{counters:?}");
     assert!(!vmm.console().contains("Linux version"), "booted again: {}", vmm.console());
     // The guest read its CID again (the vsock's configuration space, at
     // 0x100 of its window, the second slot): Linux does that on the
     // transport reset event, and only then.
-    let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    let counters = counters.json();
     let reads = counters["vcpus"][0]["top_mmio"].as_array().unwrap();
     assert!(
         reads.iter().any(|read| read["address"] == 0xd000_1100u64),
@@ -581,7 +431,7 @@ fn linux_restored_with_a_tap_answers_on_the_network_again() {
         "--net",
         net,
     ];
-    let vmm = Vmm::spawn_in(Some(&netns.0), "net-source", &args);
+    let vmm = ApiVmm::spawn_in(Some(&netns.0), "net-source", &args);
     vmm.wait_for("VMM-NET-UP", 1, Duration::from_secs(600));
     vmm.wait_for("net-ok-", 2, Duration::from_secs(120));
     // The host side's MAC comes from the configuration, so the restore's
@@ -591,22 +441,22 @@ fn linux_restored_with_a_tap_answers_on_the_network_again() {
         String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
     };
     assert!(host_mac().contains("link/ether 06:80:a9:fe:0b:02"), "{}", host_mac());
-    let (status, body) = vmm.put("/api/v1/vm.pause", None);
-    assert_eq!(status, 204, "{body}");
+    let answer = vmm.put("/api/v1/vm.pause", None);
+    assert_eq!(answer.status, 204, "{answer:?}");
     let dir = scratch_dir("snap-net");
     vmm.snapshot(&dir);
     vmm.shutdown();
 
     let restore = restore_arg(&dir, "on");
-    let vmm = Vmm::spawn_in(Some(&netns.0), "net-restored", &["--restore", &restore]);
+    let vmm = ApiVmm::spawn_in(Some(&netns.0), "net-restored", &["--restore", &restore]);
     // The restored console starts empty: new answers come through the tap
     // the restored VMM made again, with the same MAC address.
     vmm.wait_for("net-ok-", 2, Duration::from_secs(240));
     assert!(host_mac().contains("link/ether 06:80:a9:fe:0b:02"), "{}", host_mac());
     assert!(!vmm.console().contains("net-lost-"), "{}", vmm.console());
-    let (status, counters) = vmm.ask("GET", "/api/v1/vm.counters", None);
-    assert_eq!(status, 200);
-    let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    let counters = vmm.ask("GET", "/api/v1/vm.counters", None);
+    assert_eq!(counters.status, 200, "{counters:?}");
+    let counters = counters.json();
     let net0 = &counters["devices"]["net0"];
     assert!(net0["rx_frames"].as_u64().unwrap() > 0 && net0["tx_frames"].as_u64().unwrap() > 0);
     assert!(!vmm.console().contains("Linux version"), "booted again: {}", vmm.console());

@@ -3,6 +3,7 @@
 //! KVM is not usable, or failing there when `VMM_REQUIRE_KVM=1`.
 #![allow(dead_code)]
 
+pub mod api_vmm;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
