@@ -206,8 +206,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.selected_queue().filter(|slot| !slot.queue.ready())
     }
 
+    /// Sets `bit` in InterruptStatus and raises the interrupt, unless the
+    /// bit was already set: then the interrupt that set it has not been
+    /// acknowledged, and the driver, which acknowledges before it looks
+    /// at its queues, will see this work too. A second edge would only
+    /// make the driver read an empty status (two exits) later; this is
+    /// what a level-triggered line, as QEMU's, does by itself.
     fn raise(&mut self, bit: u32) {
+        let pending = self.interrupt_status & bit == bit;
         self.interrupt_status |= bit;
+        if pending {
+            return;
+        }
         if let Err(err) = self.interrupt.trigger() {
             log::warn!(
                 "virtio device {}: cannot raise its interrupt: {err}",
@@ -843,6 +853,32 @@ mod tests {
         t.queue_notify(0);
         assert_eq!(queue.take_used(&mem).len(), 4);
         assert!(notifier.read().is_err(), "nothing left, no self-notification");
+    }
+
+    #[test]
+    fn an_unacknowledged_interrupt_is_not_raised_again() {
+        let (mut t, irq, mem) = rng_transport();
+        // Without EVENT_IDX every used buffer wants an interrupt.
+        assert!(negotiate(&mut t, 1 << VIRTIO_F_VERSION_1));
+        let mut queue = TestQueue::new(16, 0x1000);
+        queue.install(&mut t, 0);
+        driver_ok(&mut t);
+        for _ in 0..2 {
+            queue.add_chain(&mem, &[(0x10000, 8, true)]);
+            write_reg(&mut t, 0x50, 0);
+        }
+        assert_eq!(queue.take_used(&mem).len(), 2);
+        assert_eq!(irq.count(), 1, "the second buffer came while the first interrupt was pending");
+        write_reg(&mut t, 0x64, VIRTIO_MMIO_INT_VRING);
+        queue.add_chain(&mem, &[(0x10000, 8, true)]);
+        write_reg(&mut t, 0x50, 0);
+        assert_eq!(irq.count(), 2, "acknowledged: the next buffer raises it again");
+        // Another cause (a configuration change) while VRING is pending
+        // raises it too.
+        mem.write_obj(100u16, GuestAddress(queue.avail + 2)).unwrap();
+        t.queue_notify(0);
+        assert_eq!(read_reg(&mut t, 0x60), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.count(), 3);
     }
 
     #[test]
