@@ -51,7 +51,7 @@ else
 fi
 
 cargo build --release -p vmm --manifest-path "$root/Cargo.toml" >&2
-exec "$root/target/release/vmm" \
+exec "$root/target/x86_64-unknown-linux-gnu/release/vmm" \
 	--kernel "$guest/vmlinux" \
 	--disk "path=$disk" \
 	--cmdline "$(cat "$here/cmdline.txt") root=/dev/vda rw" \

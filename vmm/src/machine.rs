@@ -736,7 +736,10 @@ impl Machine {
             sink.write(&stats)?;
         }
         drop(devices);
-        drop(vm);
+        // The process ends now: the kernel tears the VM down at exit, and
+        // faster there, after the address space is gone (by ~0.14 ms of
+        // the hello guest's start-up here) than a close before the unmap.
+        std::mem::forget(vm);
         // Removes the API socket.
         drop(api);
         Ok(outcome)

@@ -869,15 +869,19 @@ fn startup_rows(bench: &Bench, options: &Options) -> Vec<Row> {
         Ok(vec![first.as_secs_f64() * 1e3, run.to_exit.as_secs_f64() * 1e3])
     });
     let [first, exit] = <[[Cell; 3]; 2]>::try_from(cells).unwrap();
-    let row = |metric: &str, cells| Row {
+    // Issue 6 asked for floor + 1 ms; issue 13 for floor + 0.5 ms to exit.
+    let row = |metric: &str, cells, limit| Row {
         metric: metric.into(),
         unit: "ms",
         decimals: 2,
         cells,
         base: Vmm::Floor,
-        target: Target::MaxPlus(1.0, "ms"),
+        target: Target::MaxPlus(limit, "ms"),
     };
-    vec![row("start-up: exec to first serial byte", first), row("start-up: exec to exit", exit)]
+    vec![
+        row("start-up: exec to first serial byte", first, 1.0),
+        row("start-up: exec to exit", exit, 0.5),
+    ]
 }
 
 fn rss_rows(bench: &Bench, options: &Options) -> Vec<Row> {
