@@ -18,7 +18,7 @@ use vmm_loader::{BootProtocol, EntryPoint, LoadOptions, mptable};
 use vmm_memory::GuestRam;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_vcpu::seccomp::{self, ThreadKind};
-use vmm_vcpu::thread::VcpuThread;
+use vmm_vcpu::thread::{VcpuThread, WaitingThread};
 use vmm_vcpu::{CpuTopology, Vm};
 use vmm_virtio::block::Block;
 use vmm_virtio::net::Net;
@@ -343,6 +343,8 @@ fn disk_letter(index: usize) -> char {
 pub struct Machine {
     vm: Vm,
     vcpus: Vec<vmm_vcpu::Vcpu>,
+    /// One started thread per vCPU, filtered, waiting for its vCPU.
+    vcpu_threads: Vec<WaitingThread<()>>,
     devices: DeviceManager,
     dispatcher: Arc<Dispatcher>,
     serial: Arc<Serial>,
@@ -470,6 +472,18 @@ impl Machine {
         let _blocked =
             BlockedSignals::block(&STOP_SIGNALS).context("cannot block the stop signals")?;
         let finished = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?);
+        // The vCPU threads start now and put their seccomp filters on (the
+        // kernel compiles each, ~0.1-0.3 ms here) while this thread builds
+        // the VM; `run` hands each its vCPU.
+        let vcpu_threads = (0..cli.cpus)
+            .map(|index| {
+                let (sandbox, control) = (sandbox.clone(), control.clone());
+                vmm_vcpu::thread::spawn_waiting(index, move || {
+                    sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot start a vCPU thread")?;
 
         let ram = match &restoring {
             Some(restoring) => GuestRam::from_file(cli.memory, &restoring.memory)?,
@@ -585,6 +599,7 @@ impl Machine {
         Ok(Machine {
             vm,
             vcpus,
+            vcpu_threads,
             devices,
             dispatcher,
             serial,
@@ -606,6 +621,7 @@ impl Machine {
         let Machine {
             vm,
             vcpus,
+            vcpu_threads,
             devices,
             dispatcher,
             serial,
@@ -643,19 +659,17 @@ impl Machine {
         // vm.counters.
         let keep_stats = exit_stats || api.is_some();
         let mut all_stats: Vec<Arc<Mutex<ExitStats>>> = Vec::new();
-        let mut threads: Vec<VcpuThread<()>> = Vec::new();
-        for vcpu in vcpus {
+        let mut threads: Vec<VcpuThread<Option<()>>> = Vec::new();
+        for (vcpu, waiting) in vcpus.into_iter().zip(vcpu_threads) {
             let (dispatcher, control) = (dispatcher.clone(), control.clone());
             let stats = keep_stats.then(|| Arc::new(Mutex::new(ExitStats::new(vcpu.index()))));
             all_stats.extend(stats.clone());
-            let sandbox = sandbox.clone();
+            // Dropped unrun if the thread's filter failed: the loop wakes.
             let wake = WakeOnExit(finished.clone());
-            threads.push(vmm_vcpu::thread::spawn(vcpu, move |vcpu| {
+            threads.push(waiting.start(vcpu, move |vcpu| {
                 let _wake = wake;
-                if sandbox.enter_or_stop(ThreadKind::Vcpu, "vcpu", &control) {
-                    dispatcher.run(vcpu, &control, stats.as_deref());
-                }
-            })?);
+                dispatcher.run(vcpu, &control, stats.as_deref());
+            }));
         }
         let kick_all = || {
             for thread in &threads {
