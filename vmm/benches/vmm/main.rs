@@ -1845,11 +1845,7 @@ fn run(options: &Options) -> Result<bool, String> {
     }
     for (title, lines) in [
         ("The ACPI kernel", &acpi_notes),
-        (
-            "virtio-net exits to userspace per MiB (the instrumented boots: the one with the TCP \
-             transfers minus the idle one)",
-            &net_notes,
-        ),
+        ("virtio-net and virtio-vsock", &net_notes),
         ("Snapshot and restore of the busybox guest", &restore_notes),
     ] {
         if !lines.is_empty() {

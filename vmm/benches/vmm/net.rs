@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Bench, Cell, LINUX_MIB, Linux, Options, Row, RunOptions, Sample, Status, TEST_STATUS, Target,
-    Vmm, build_guest_program, check_cmdline, execute, measure, ours_counts, qemu_counts,
-    root_image,
+    Vmm, build_guest_program, check_cmdline, execute, measure, root_image,
 };
 
 /// Bytes of each timed transfer (one per direction and transport).
@@ -59,16 +58,6 @@ if [ "$NETBENCH_VSOCK" = 1 ]; then
 fi
 /netbench tcp-wait 5003
 "#;
-
-/// What a boot does: everything (timed), or, in the instrumented boots,
-/// the TCP transfers alone or nothing (the same steps with no bytes), whose
-/// exit counts differ by the transfers' exits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NetMode {
-    Full,
-    Tcp,
-    Idle,
-}
 
 /// The namespace with its tap (host side at `HOST`), deleted when dropped.
 struct Netns {
@@ -120,7 +109,7 @@ impl Drop for Netns {
 }
 
 /// The host side's figures of one boot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Figures {
     /// MiB/s host -> guest and guest -> host, TCP.
     tcp: [f64; 2],
@@ -128,8 +117,23 @@ struct Figures {
     tcp_rtt_us: f64,
     /// Mean ICMP round trip, ms (busybox ping's avg).
     ping_ms: f64,
-    /// The same as `tcp` and `tcp_rtt_us` over vsock (full boots of ours).
+    /// The same as `tcp` and `tcp_rtt_us` over vsock (boots of ours).
     vsock: Option<([f64; 2], f64)>,
+    /// The VMM's exits to userspace while the two TCP transfers ran, or
+    /// why they could not be counted.
+    tcp_exits: Result<u64, String>,
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Figures {
+            tcp: [0.0; 2],
+            tcp_rtt_us: 0.0,
+            ping_ms: 0.0,
+            vsock: None,
+            tcp_exits: Err("not counted".into()),
+        }
+    }
 }
 
 fn mib_per_s(bytes: u64, took: Duration) -> f64 {
@@ -239,19 +243,26 @@ fn accept_unix(listener: &UnixListener, deadline: Instant) -> Result<UnixStream,
 
 /// The host side of one boot, in the guest script's order (runs in the
 /// namespace).
-fn drive(mode: NetMode, socket: Option<PathBuf>) -> Result<Figures, String> {
+fn drive(marker: &str, socket: Option<PathBuf>) -> Result<Figures, String> {
     let deadline = Instant::now() + STEP_LIMIT;
-    let (bytes, rounds) = if mode == NetMode::Idle { (0, 0) } else { (TRANSFER, ROUNDS) };
+    let (bytes, rounds) = (TRANSFER, ROUNDS);
     let to_host = TcpListener::bind((HOST, TCP_TO_HOST)).map_err(|e| format!("bind: {e}"))?;
     to_host.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut figures = Figures::default();
-    figures.tcp[0] = send(&mut connect_guest(TCP_TO_GUEST, deadline)?, bytes)?;
+    // Connected, the guest has booted and waits for the bytes: the count
+    // starts here and covers the two transfers alone.
+    let mut to_guest = connect_guest(TCP_TO_GUEST, deadline)?;
+    let counter = ExitCounter::start(marker);
+    figures.tcp[0] = send(&mut to_guest, bytes)?;
+    // The guest's next step waits for this close.
+    drop(to_guest);
     figures.tcp[1] = receive(&mut accept_tcp(&to_host, deadline)?, bytes)?;
+    figures.tcp_exits = counter.and_then(ExitCounter::stop);
     let mut stream = connect_guest(TCP_ECHO, deadline)?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     figures.tcp_rtt_us = echo(&mut stream, rounds)?;
     drop(stream);
-    if let Some(socket) = socket.filter(|_| mode == NetMode::Full) {
+    if let Some(socket) = socket {
         let listener_path = PathBuf::from(format!("{}_{VSOCK_TO_HOST}", socket.display()));
         let _ = std::fs::remove_file(&listener_path);
         let listener = UnixListener::bind(&listener_path)
@@ -298,30 +309,77 @@ fn prepare(bench: &Bench, linux: &Linux) -> Result<NetSetup, String> {
     })
 }
 
-/// Exits by reason.
-type ExitCounts = Vec<(String, u64)>;
+/// Counts one process's exits to userspace, KVM's `kvm_userspace_exit`
+/// tracepoint through `perf stat`: the kernel's count, the same for every
+/// VMM, over a window the host side chooses.
+struct ExitCounter {
+    /// Taken by `stop`; killed if the window ends otherwise (an error).
+    perf: Option<std::process::Child>,
+}
 
-/// One boot under `vmm`: the host side's figures, and the exit counts by
-/// reason when instrumented.
-fn boot(
-    bench: &Bench,
-    netns: &Netns,
-    setup: &NetSetup,
-    vmm: Vmm,
-    mode: NetMode,
-) -> Result<(Figures, Option<ExitCounts>), Sample> {
+impl ExitCounter {
+    /// Attaches to the process whose command line holds `marker` (the
+    /// boot's own root image path).
+    fn start(marker: &str) -> Result<ExitCounter, String> {
+        let pid = pid_with_argument(marker).ok_or("the VMM's process was not found")?;
+        let perf = Command::new("perf")
+            .args(["stat", "-x,", "-e", "kvm:kvm_userspace_exit", "-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("n/a (cannot run perf: {e}; Debian: linux-perf)"))?;
+        // perf attaches in well under this; the guest waits for the bytes.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(ExitCounter { perf: Some(perf) })
+    }
+
+    /// Stops the count (SIGINT: perf prints it) and returns it.
+    fn stop(mut self) -> Result<u64, String> {
+        let perf = self.perf.take().ok_or("perf is gone")?;
+        // SAFETY: kill takes a process id and a signal; the child is ours
+        // and not yet reaped.
+        unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+        let output = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        text.lines()
+            .find(|line| line.contains("kvm:kvm_userspace_exit"))
+            .and_then(|line| line.split(',').next()?.trim().parse().ok())
+            .ok_or_else(|| format!("perf counted nothing: {}", text.trim()))
+    }
+}
+
+impl Drop for ExitCounter {
+    fn drop(&mut self) {
+        if let Some(mut perf) = self.perf.take() {
+            let _ = perf.kill();
+            let _ = perf.wait();
+        }
+    }
+}
+
+/// The process (not `ip`, which execs it) one of whose arguments holds
+/// `marker`.
+fn pid_with_argument(marker: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+        let program = args.next()?;
+        let holds = args.any(|arg| arg.contains(marker));
+        (holds && !program.ends_with("ip")).then_some(pid)
+    })
+}
+
+/// One boot under `vmm`: the host side's figures.
+fn boot(bench: &Bench, netns: &Netns, setup: &NetSetup, vmm: Vmm) -> Result<Figures, Sample> {
     let root = bench.scratch_file(&format!("net-root-{vmm:?}.ext4"));
     std::fs::copy(&setup.root, &root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let vsock = vmm == Vmm::Ours && mode == NetMode::Full;
-    let bytes = if mode == NetMode::Idle { 0 } else { TRANSFER };
-    let rounds = if mode == NetMode::Idle { 0 } else { ROUNDS };
+    let vsock = vmm == Vmm::Ours;
     let cmdline = format!(
-        "{} NETBENCH_BYTES={bytes} NETBENCH_ROUNDS={rounds} NETBENCH_VSOCK={}",
+        "{} NETBENCH_BYTES={TRANSFER} NETBENCH_ROUNDS={ROUNDS} NETBENCH_VSOCK={}",
         setup.cmdline,
         u8::from(vsock)
     );
-    let instrumented = mode != NetMode::Full;
-    let stats_path = bench.scratch_file(&format!("net-exit-stats-{mode:?}.json"));
     let socket = bench.scratch_file("net-vsock.sock");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = Command::new("ip");
@@ -335,9 +393,6 @@ fn boot(
             if vsock {
                 cmd.arg("--vsock").arg(format!("cid=3,socket={}", socket.display()));
             }
-            if instrumented {
-                cmd.arg(format!("--exit-stats={}", stats_path.display()));
-            }
         }
         _ => {
             // The QEMU command, run through `ip netns exec`.
@@ -348,14 +403,12 @@ fn boot(
             cmd.args(["-drive", &format!("id=d0,file={},format=raw,if=none", root.display())]);
             cmd.args(["-device", "virtio-net-device,netdev=n0"]);
             cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
-            if instrumented {
-                cmd.args(["-trace", "kvm_run_exit"]);
-            }
         }
     }
     let host = netns.spawn({
         let socket = vsock.then(|| socket.clone());
-        move || drive(mode, socket)
+        let marker = root.display().to_string();
+        move || drive(&marker, socket)
     });
     // The host side gives up after STEP_LIMIT; the guest then waits for it.
     let limit = Some(STEP_LIMIT + Duration::from_secs(60));
@@ -380,31 +433,7 @@ fn boot(
     if !console.contains(&format!("{TEST_STATUS} 0")) {
         return Err(Sample::Failed(format!("/test.sh failed; last lines: {}", last_lines())));
     }
-    let exits = match (instrumented, vmm) {
-        (false, _) => None,
-        (true, Vmm::Ours) => Some(ours_counts(
-            &std::fs::read_to_string(&stats_path)
-                .map_err(|e| format!("{}: {e}", stats_path.display()))?,
-        )),
-        (true, _) => Some(qemu_counts(&run.stderr())),
-    };
-    Ok((figures, exits))
-}
-
-/// Exits per MiB moved over TCP: the TCP boot's exits minus the idle
-/// boot's, over both directions' bytes.
-fn exits_per_mib(idle: &[(String, u64)], tcp: &[(String, u64)]) -> (f64, String) {
-    let total = |counts: &[(String, u64)]| counts.iter().map(|(_, n)| *n).sum::<u64>() as f64;
-    let mib = 2.0 * TRANSFER as f64 / f64::from(1 << 20);
-    let delta = total(tcp) - total(idle);
-    let text = format!(
-        "{:.1} exits per MiB ({} exits in the boot with the TCP transfers, {} in the idle boot, \
-         {mib} MiB moved)",
-        delta / mib,
-        total(tcp),
-        total(idle)
-    );
-    (delta / mib, text)
+    Ok(figures)
 }
 
 /// The metrics of these rows, in the order of `values`.
@@ -422,8 +451,13 @@ fn metrics() -> [(String, &'static str, usize, Target); 8] {
     ]
 }
 
+/// Both TCP transfers' bytes, in MiB.
+const TCP_MIB: f64 = 2.0 * TRANSFER as f64 / (1 << 20) as f64;
+
 fn values(figures: &Figures) -> Vec<f64> {
     let (vsock, vsock_rtt) = figures.vsock.unwrap_or(([f64::NAN; 2], f64::NAN));
+    // NaN where the exits were not counted: the note says why.
+    let exits = figures.tcp_exits.as_ref().map_or(f64::NAN, |&n| n as f64 / TCP_MIB);
     vec![
         figures.tcp[0],
         figures.tcp[1],
@@ -432,6 +466,7 @@ fn values(figures: &Figures) -> Vec<f64> {
         vsock[0],
         vsock[1],
         vsock_rtt,
+        exits,
     ]
 }
 
@@ -469,37 +504,32 @@ pub(super) fn rows(
         Ok(netns) => netns,
         Err(why) => return failed(format!("the network namespace: {why}")),
     };
-    // The warm-up round boots each VMM twice, both instrumented: idle,
-    // then with the TCP transfers alone.
-    let mut instrumented: [Option<(f64, String)>; 3] = [None, None, None];
     let vmms = [Vmm::Ours, Vmm::Qemu];
-    let cells = measure("virtio-net, virtio-vsock", 7, options.linux_reps, &vmms, |vmm, round| {
-        if round > 0 {
-            return Ok(values(&boot(bench, &netns, &setup, vmm, NetMode::Full)?.0));
-        }
-        let (_, idle) = boot(bench, &netns, &setup, vmm, NetMode::Idle)?;
-        let (figures, tcp) = boot(bench, &netns, &setup, vmm, NetMode::Tcp)?;
-        if let (Some(idle), Some(tcp)) = (idle, tcp) {
-            instrumented[vmm.index()] = Some(exits_per_mib(&idle, &tcp));
+    let mut uncounted: Vec<String> = Vec::new();
+    let cells = measure("virtio-net, virtio-vsock", 8, options.linux_reps, &vmms, |vmm, _| {
+        let figures = boot(bench, &netns, &setup, vmm)?;
+        if let Err(why) = &figures.tcp_exits {
+            uncounted.push(format!("{vmm:?}: {why}"));
         }
         Ok(values(&figures))
     });
-    let mut exit_cells = [
-        Cell::NotApplicable("not run".into()),
-        Cell::NotApplicable("n/a".into()),
-        Cell::NotApplicable("not run".into()),
-    ];
-    for vmm in vmms {
-        let who = if vmm == Vmm::Ours { "ours" } else { "QEMU" };
-        exit_cells[vmm.index()] = match &instrumented[vmm.index()] {
-            Some((per_mib, text)) => {
-                notes.push(format!("{who}: {text}"));
-                Cell::Samples(vec![*per_mib])
-            }
-            None => cells[0][vmm.index()].clone(),
-        };
+    if !uncounted.is_empty() {
+        notes.push(format!("virtio-net exits not counted in some boots: {}", uncounted.join("; ")));
     }
-    let mut rows: Vec<Row> = cells.into_iter().enumerate().map(|(i, c)| row(i, c)).collect();
-    rows.push(row(7, exit_cells));
+    notes.push(format!(
+        "exits to userspace per MiB: KVM's kvm_userspace_exit events of the VMM's process \
+         (perf stat -p) from the guest's first TCP connection to the end of both transfers \
+         ({TCP_MIB} MiB), in every timed boot"
+    ));
+    let mut cells = cells;
+    for cell in &mut cells[7] {
+        if let Cell::Samples(samples) = cell {
+            samples.retain(|n| !n.is_nan());
+            if samples.is_empty() {
+                *cell = Cell::NotApplicable("n/a (not counted: see the notes)".into());
+            }
+        }
+    }
+    let rows: Vec<Row> = cells.into_iter().enumerate().map(|(i, c)| row(i, c)).collect();
     rows
 }
