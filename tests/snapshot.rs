@@ -227,7 +227,8 @@ fn a_missing_truncated_or_corrupted_snapshot_is_refused() {
 /// its prompt and a counter in the background: after pause, snapshot,
 /// shutdown and a restore in a new process, the counter goes on from its
 /// next number, and the shell still knows the variable and does arithmetic;
-/// nothing boots again. Once its disk is gone, the snapshot is refused.
+/// nothing boots again. The guest has two vCPUs: the second runs a program
+/// after the restore too. Once its disk is gone, the snapshot is refused.
 #[test]
 fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     require_kvm!();
@@ -238,7 +239,18 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     let disk = format!("path={}", root.display());
     let mut vmm = ApiVmm::spawn(
         "linux-source",
-        &["--kernel", &kernel, "--cmdline", &cmdline, "--memory", "256", "--disk", &disk],
+        &[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "256",
+            "--cpus",
+            "2",
+            "--disk",
+            &disk,
+        ],
     );
     let boot = Duration::from_secs(600);
     // Bytes sent before the guest's serial driver is up are lost: wait for
@@ -282,6 +294,9 @@ fn linux_restored_from_a_snapshot_keeps_its_shell_and_counter() {
     assert!(cmdline_seen.contains("virtio_mmio.device=4K@0xd0000000:5"), "{cmdline_seen}");
     vmm.type_in(b"echo var=$SNAPVAR answer=$((6*7))\n");
     vmm.wait_for("var=kept-across answer=42", 1, Duration::from_secs(60));
+    // Field 39 of /proc/self/stat: the CPU the process runs on, pinned to 1.
+    vmm.type_in(b"echo cpus=$(nproc) on=$(taskset -c 1 cut -d' ' -f39 /proc/self/stat)\n");
+    vmm.wait_for("cpus=2 on=1\r\n", 1, Duration::from_secs(60));
     let console = vmm.console();
     assert!(!console.contains("Linux version"), "the guest booted again: {console}");
     vmm.shutdown();
