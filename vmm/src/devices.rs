@@ -27,7 +27,7 @@ use vmm_devices::pci_host::{PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, PciHost};
 use vmm_devices::serial::{COM1_PORT, SERIAL_PORT_LEN};
 use vmm_memory::layout;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vmm_virtio::mmio::QUEUE_NOTIFY;
+use vmm_virtio::mmio::{ACK_VRING, INTERRUPT_ACK, QUEUE_NOTIFY};
 use vmm_virtio::{
     MMIO_WINDOW_SIZE, Memory, MmioTransport, QueueNotify, TransportPersist, VirtioDevice,
 };
@@ -117,6 +117,9 @@ pub struct VirtioSlot {
     interrupt: EventFd,
     /// One eventfd per queue, signalled by KVM (ioeventfd) or the transport.
     pub notifiers: Vec<EventFd>,
+    /// Signalled by KVM (ioeventfd) for the driver's acknowledgements of
+    /// used-buffer interrupts, read by the transport.
+    acks: EventFd,
 }
 
 impl VirtioSlot {
@@ -177,6 +180,8 @@ impl DeviceManager {
         transport.set_notifiers(
             notifiers.iter().map(EventFd::try_clone).collect::<std::io::Result<_>>()?,
         );
+        let acks = EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?;
+        transport.set_ack_notifier(acks.try_clone()?);
         let transport = Arc::new(Mutex::new(transport));
         let typed = transport.clone();
         let counters: CounterSource = Box::new(move || {
@@ -194,6 +199,7 @@ impl DeviceManager {
             window: transport,
             interrupt,
             notifiers,
+            acks,
         });
         log::info!("{name} at {addr:#x}, interrupt {gsi}");
         Ok(format!("virtio_mmio.device=4K@{addr:#x}:{gsi}"))
@@ -216,6 +222,15 @@ impl DeviceManager {
                     format!("cannot register the {} queue notifier (KVM_IOEVENTFD)", slot.name)
                 })?;
             }
+            // The driver's InterruptACK write after a used-buffer interrupt
+            // then costs no exit: the transport reads the count itself.
+            let address = IoEventAddress::Mmio(slot.addr + INTERRUPT_ACK);
+            vm.register_ioevent(&slot.acks, &address, ACK_VRING).with_context(|| {
+                format!(
+                    "cannot register the {} acknowledgement notifier (KVM_IOEVENTFD)",
+                    slot.name
+                )
+            })?;
             let range = MmioRange::new(MmioAddress(slot.addr), MMIO_WINDOW_SIZE)?;
             bus.register_mmio(range, slot.window.clone())
                 .with_context(|| format!("cannot register the {} window", slot.name))?;

@@ -53,7 +53,12 @@ const QUEUE_READY: u64 = 0x044;
 /// The QueueNotify register, where the VMM puts its ioeventfds.
 pub const QUEUE_NOTIFY: u64 = 0x050;
 const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
+/// The InterruptACK register, where the VMM may put an ioeventfd for
+/// [`ACK_VRING`] ([`MmioTransport::set_ack_notifier`]).
+pub const INTERRUPT_ACK: u64 = 0x064;
+/// The acknowledgement a driver writes after a used-buffer interrupt
+/// (VIRTIO_MMIO_INT_VRING), the ioeventfd's datamatch.
+pub const ACK_VRING: u32 = VIRTIO_MMIO_INT_VRING;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC_LOW: u64 = 0x080;
 const QUEUE_DESC_HIGH: u64 = 0x084;
@@ -120,6 +125,9 @@ pub struct MmioTransport<D> {
     mem: Memory,
     interrupt: Box<dyn Interrupt>,
     notifiers: Vec<EventFd>,
+    /// Counts the driver's InterruptACK writes of [`ACK_VRING`], made
+    /// without an exit (an ioeventfd); taken when the device next raises.
+    ack_notifier: Option<EventFd>,
     queues: Vec<QueueSlot>,
     queue_select: u32,
     device_features_select: u32,
@@ -149,6 +157,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             mem,
             interrupt,
             notifiers: Vec::new(),
+            ack_notifier: None,
             queues,
             queue_select: 0,
             device_features_select: 0,
@@ -165,6 +174,22 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// registered as ioeventfds and serves queues from.
     pub fn set_notifiers(&mut self, notifiers: Vec<EventFd>) {
         self.notifiers = notifiers;
+    }
+
+    /// Takes the driver's acknowledgements of used-buffer interrupts from
+    /// `notifier` (a non-blocking eventfd: it is read when its count may
+    /// be 0) instead of the InterruptACK register: the VMM registers it
+    /// as an ioeventfd matching [`ACK_VRING`] on [`INTERRUPT_ACK`], so the
+    /// write does not leave the kernel (one exit of the two an interrupt
+    /// costs the guest). The transport reads it before it raises a
+    /// used-buffer interrupt, which is the only moment the acknowledgement
+    /// matters: a bit still set there means the driver has not yet taken
+    /// the last interrupt. Until then InterruptStatus may still show
+    /// VIRTIO_MMIO_INT_VRING to a driver that read it again (it then finds
+    /// no new work), and a snapshot may hold it (the restore raises it once
+    /// more).
+    pub fn set_ack_notifier(&mut self, notifier: EventFd) {
+        self.ack_notifier = Some(notifier);
     }
 
     /// The device behind the transport.
@@ -213,6 +238,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// make the driver read an empty status (two exits) later; this is
     /// what a level-triggered line, as QEMU's, does by itself.
     fn raise(&mut self, bit: u32) {
+        if bit & VIRTIO_MMIO_INT_VRING != 0
+            && let Some(notifier) = &self.ack_notifier
+            && notifier.read().is_ok_and(|acks| acks > 0)
+        {
+            // Acknowledged through the ioeventfd since the last raise.
+            self.interrupt_status &= !VIRTIO_MMIO_INT_VRING;
+        }
         let pending = self.interrupt_status & bit == bit;
         self.interrupt_status |= bit;
         if pending {
@@ -879,6 +911,34 @@ mod tests {
         t.queue_notify(0);
         assert_eq!(read_reg(&mut t, 0x60), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
         assert_eq!(irq.count(), 3);
+    }
+
+    #[test]
+    fn acknowledgements_counted_on_the_ack_notifier_let_the_next_buffer_interrupt() {
+        let (mut t, irq, mem) = rng_transport();
+        let acks = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        t.set_ack_notifier(acks.try_clone().unwrap());
+        assert!(negotiate(&mut t, 1 << VIRTIO_F_VERSION_1));
+        let mut queue = TestQueue::new(16, 0x1000);
+        queue.install(&mut t, 0);
+        driver_ok(&mut t);
+        let mut serve_one = |t: &mut MmioTransport<_>| {
+            queue.add_chain(&mem, &[(0x10000, 8, true)]);
+            write_reg(t, 0x50, 0);
+        };
+        serve_one(&mut t);
+        assert_eq!(irq.count(), 1);
+        serve_one(&mut t);
+        assert_eq!(irq.count(), 1, "not acknowledged yet");
+        // The driver's InterruptACK write of 1, as KVM counts it.
+        acks.write(1).unwrap();
+        serve_one(&mut t);
+        assert_eq!(irq.count(), 2, "acknowledged: raised again");
+        assert!(acks.read().is_err(), "the acknowledgement was taken");
+        assert_eq!(read_reg(&mut t, 0x60), VIRTIO_MMIO_INT_VRING);
+        // The register still works for every other value.
+        write_reg(&mut t, 0x64, VIRTIO_MMIO_INT_VRING);
+        assert_eq!(read_reg(&mut t, 0x60), 0);
     }
 
     #[test]
