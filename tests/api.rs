@@ -305,6 +305,11 @@ fn the_api_is_one_thread_and_nothing_without_the_option() {
     // With the API: main, vCPU 0, and the API thread.
     let vmm = ApiVmm::start("threads", &[]);
     let pid = vmm.pid();
+    // A new thread names itself once it runs: give the API thread a moment.
+    let started = Instant::now();
+    while threads(pid) != ["api", "vcpu0", "vmm"] && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(threads(pid), ["api", "vcpu0", "vmm"]);
     // No more after serving clients.
     for _ in 0..5 {
